@@ -1,0 +1,122 @@
+"""Default configuration: every key dcgan_jax reads, with what it means.
+
+Presets import this file and override a few keys. Run any of them as
+
+  python launch.py --config=configs/<preset>.py --workdir=DIR [--config.KEY=VALUE ...]
+
+The defaults are the paper's 64x64 model (Radford et al., 2015, section 3 and
+figure 1) on the bundled scikit-learn digits; `configs/celeba.py` is the
+paper's set-up on faces.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # --- Randomness --------------------------------------------------------
+  # Root of every PRNG key (init, per-step noise, sample z) and of the data
+  # order. Same seed + same config = same numbers.
+  config.seed = 0
+
+  # --- Data --------------------------------------------------------------
+  # A TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom',
+  # 'downsampled_imagenet/64x64', ...), 'digits' (scikit-learn's bundled
+  # 8x8 digits, built as a local TFDS data set), or 'folder:/path/to/images'
+  # (a directory tree of PNG/JPEG/BMP/GIF images).
+  config.dataset = 'digits'
+  # TFDS split to train on (ignored for 'folder:').
+  config.split = 'train'
+  # Feature holding the image in the TFDS examples.
+  config.image_key = 'image'
+  # Where TFDS keeps prepared data sets; None = TFDS's default
+  # (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  config.data_dir = None
+  # Let TFDS download and prepare a data set that is not in data_dir.
+  config.download = True
+  # Square output resolution: a power of two from 16 to 128 for the 'dcgan'
+  # architecture, 28 for 'tf_tutorial' and 'conv28'.
+  config.image_size = 64
+  # 1 (grayscale) or 3 (RGB); images are converted to this.
+  config.num_channels = 3
+  # 'center': largest centred square; 'celeba': the centred 108x108 face
+  # crop used by the reference DCGAN code on 178x218 CelebA; 'none': resize
+  # the whole image (aspect ratio not kept).
+  config.crop = 'center'
+  # Decoded, cropped and resized uint8 images are kept in memory ('memory')
+  # or written once to an .npy file and memory-mapped ('disk', for data sets
+  # larger than RAM such as LSUN).
+  config.cache = 'memory'
+  # Directory for the 'disk' cache; None = WORKDIR/data_cache. Must be a
+  # local path.
+  config.cache_dir = None
+
+  # --- Model -------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  # 'dcgan' (the paper's all-convolutional family), 'tf_tutorial' (the
+  # TensorFlow DCGAN tutorial's 28x28 MNIST model), 'conv28' (28x28 model
+  # from a 1x1 z by a 7x7 valid transposed conv), 'mlp' (plain MLP GAN).
+  config.model.arch = 'dcgan'
+  # Dimension of z and its distribution: 'uniform' in [-1, 1] (paper) or
+  # 'normal'.
+  config.model.z_dim = 100
+  config.model.z_dist = 'uniform'
+  # Channels of G's 4x4 layer; halved at every upsampling (paper: 1024).
+  config.model.g_width = 1024
+  # Channels of D's first conv; doubled at every downsampling, so D's 4x4
+  # layer has as many channels as G's (paper mirror: 128 -> 1024 at 64x64).
+  config.model.d_width = 128
+  # Convolution kernel size: 4 or 5 (paper code: 5; PyTorch tutorial: 4).
+  config.model.kernel_size = 5
+  # 'transpose' (fractionally-strided conv, paper) or 'resize_conv'
+  # (upsample, then a stride-1 conv: no checkerboard artefacts).
+  config.model.upsample = 'transpose'
+  # Upsampling for 'resize_conv': 'nearest' or 'bilinear'.
+  config.model.resize_method = 'nearest'
+  # BatchNorm in G (all but the output layer) and D (all but the input
+  # layer), as in the paper.
+  config.model.g_batchnorm = True
+  config.model.d_batchnorm = True
+  # BatchNorm running-average momentum (PyTorch's 0.1 = Flax's 0.9) and eps.
+  config.model.bn_momentum = 0.9
+  config.model.bn_epsilon = 1e-5
+  # Slope of D's LeakyReLU.
+  config.model.leaky_slope = 0.2
+  # Weights drawn from N(0, init_std); biases and BN shifts start at 0, BN
+  # scales at N(1, init_std) as in the reference code.
+  config.model.init_std = 0.02
+  # Dropout in D of the 'tf_tutorial' architecture.
+  config.model.dropout_rate = 0.3
+  # Hidden width of the 'mlp' architecture.
+  config.model.mlp_hidden = 128
+
+  # --- Training ----------------------------------------------------------
+  # Examples per step, summed over all devices of all hosts; must divide by
+  # the number of devices (paper: 128).
+  config.global_batch_size = 128
+  config.num_train_steps = 50_000
+  # Adam for both networks (paper: lr 2e-4, beta1 0.5).
+  config.g_learning_rate = 2e-4
+  config.d_learning_rate = 2e-4
+  config.b1 = 0.5
+  config.b2 = 0.999
+  # Target for real examples in D's loss; 0.9 = one-sided label smoothing
+  # (Salimans et al., 2016). Paper: 1.0.
+  config.real_label = 1.0
+  # BatchNorm statistics over the whole global batch (True, as the paper's
+  # single-GPU batch of 128) or per device (False).
+  config.sync_batchnorm = True
+
+  # --- Logging, samples, checkpoints -------------------------------------
+  config.log_every_steps = 100
+  # Sample grid (TensorBoard image + WORKDIR/samples/*.png) from a fixed z.
+  config.sample_every_steps = 1000
+  config.num_sample_images = 64
+  # Sample with BatchNorm running averages ('running') or with the
+  # statistics of the sample batch itself ('batch', as the reference code).
+  config.sample_batchnorm = 'running'
+  config.checkpoint_every_steps = 2000
+  config.keep_checkpoints = 3
+
+  return config

@@ -1,0 +1,677 @@
+"""Training images: decoded once into a uint8 array, then batched by index.
+
+`load_images` decodes, crops, resizes and converts a data set ONCE into a
+uint8 array [N, S, S, C], kept in memory or in a memory-mapped .npy file.
+`host_batches` then gathers batches by index. The example order is a pure
+function of (seed, epoch) (`batch_indices`), so a run resumed at step s reads
+exactly the batches an uninterrupted run reads, and each host gathers only
+its own slice of the global batch.
+
+Data sets (`dataset`):
+  * a TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom', ...);
+  * 'digits': scikit-learn's 8x8 digits, built as the local TFDS data set
+    `sklearn_digits` (see digits_dataset.py), then read like any TFDS name;
+  * 'folder:PATH': every .png/.jpg/.jpeg/.bmp/.gif under PATH, recursively
+    (case-insensitive extensions; symlinked folders are not followed),
+    sorted by relative path component by component; GIFs give their first
+    frame. A file TensorFlow cannot decode (e.g. a 1-bit BMP) is named in a
+    ValueError.
+
+Preprocessing, the same for all of them: convert to `num_channels` (alpha is
+dropped, RGB->grey by ITU-R 601 luminance, grey->RGB by repetition), crop
+('center': largest centred square; 'celeba': centred 108x108, falling back to
+the centred square for images smaller than 108 in either dimension; 'none'),
+resize to image_size x image_size with antialiased bilinear filtering, round
+to uint8. No augmentation.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+CROPS = ('center', 'celeba', 'none')
+CACHES = ('memory', 'disk')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
+DIGITS_TFDS_NAME = 'sklearn_digits'
+CELEBA_CROP = 108
+# Bumped whenever preprocessing changes, so stale disk caches are not reused.
+_CACHE_FORMAT = 'v1'
+_DECODE_BATCH = 256
+_FOLDER_PREFIX = 'folder:'
+_TMP_INFIX = '.tmp-'  # Cache files being written: PATH.tmp-PID-RANDOM.
+# Makes the uint8 output array of a given shape (e.g. a memmap).
+_Allocator = Callable[[tuple[int, ...]], np.ndarray]
+
+
+# --------------------------------------------------------------------------
+# Public API.
+
+
+def load_images(
+  *,
+  dataset: str,
+  split: str = 'train',
+  image_size: int,
+  num_channels: int,
+  crop: str = 'center',
+  data_dir: str | None = None,
+  download: bool = True,
+  image_key: str = 'image',
+  cache: str = 'memory',
+  cache_dir: str | None = None,
+) -> np.ndarray:
+  """Returns the preprocessed data set, uint8 [N, image_size, image_size, C].
+
+  With cache='disk' the array is a read-only memmap of an .npy file in
+  `cache_dir`, written once (atomically) and reused by later calls; it is
+  keyed by data set, split, size, channels and crop (for 'folder:', by the
+  path and its files' names and sizes). 'digits' is built locally even when
+  download=False: it needs no network.
+  """
+  source = _parse_dataset(dataset)
+  _check_options(image_size, num_channels, crop, cache)
+  build = functools.partial(
+    _build_array,
+    source=source,
+    split=split,
+    image_size=image_size,
+    num_channels=num_channels,
+    crop=crop,
+    data_dir=data_dir,
+    download=download,
+    image_key=image_key,
+  )
+  if cache == 'memory':
+    images = build(out=None)
+    images.setflags(write=False)
+    return images
+  path = _cache_path(
+    cache_dir, source, split, image_size, num_channels, crop, image_key
+  )
+  shape_tail = (image_size, image_size, num_channels)
+  cached = _read_cache(path, shape_tail)
+  if cached is not None:
+    logging.info('Read %d cached images from %s.', len(cached), path)
+    return cached
+  _write_cache(path, build)
+  return np.load(path, mmap_mode='r')
+
+
+def batch_indices(
+  step: int, *, seed: int, num_examples: int, global_batch_size: int
+) -> np.ndarray:
+  """Example indices (int64 [global_batch_size]) of global step `step`.
+
+  Epoch e = step // (num_examples // global_batch_size) visits the examples
+  in the order np.random.default_rng([seed, e]).permutation(num_examples);
+  the last num_examples % global_batch_size of each epoch's order are skipped.
+  """
+  _check_batching(num_examples, global_batch_size, 1)
+  if step < 0:
+    raise ValueError(f'step must be >= 0, got {step}.')
+  if seed < 0:
+    raise ValueError(f'seed must be >= 0 (set config.seed), got {seed}.')
+  steps_per_epoch = num_examples // global_batch_size
+  epoch, position = divmod(step, steps_per_epoch)
+  start = position * global_batch_size
+  return _permutation(seed, epoch, num_examples)[start : start + global_batch_size]
+
+
+def scale_images(images_uint8: np.ndarray) -> np.ndarray:
+  """uint8 images to float32 in [-1, 1] (x / 127.5 - 1)."""
+  x = np.asarray(images_uint8).astype(np.float32)
+  x /= np.float32(127.5)
+  x -= np.float32(1.0)
+  return x
+
+
+def host_batches(
+  images: np.ndarray,
+  *,
+  seed: int,
+  global_batch_size: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  prefetch: int = 2,
+) -> Iterator[np.ndarray]:
+  """Yields this host's slice of the global batch for start_step, start_step+1...
+
+  Each batch is float32 [global_batch_size // process_count, S, S, C] in
+  [-1, 1]: rows process_index * B ... (process_index + 1) * B - 1 of the
+  global batch `batch_indices(step)`. A daemon thread gathers `prefetch`
+  batches ahead (0: gather in the caller's thread); it stops when the
+  generator is closed or garbage-collected.
+  """
+  if images.ndim != 4:
+    raise ValueError(f'images must be [N, S, S, C], got shape {images.shape}.')
+  _check_batching(len(images), global_batch_size, process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f'process_index {process_index} is not in [0, process_count={process_count}).'
+    )
+  if start_step < 0 or prefetch < 0 or seed < 0:
+    raise ValueError(
+      f'start_step ({start_step}), prefetch ({prefetch}) and seed ({seed}) '
+      'must be >= 0.'
+    )
+  per_host = global_batch_size // process_count
+  lo = process_index * per_host
+
+  def make(step: int) -> np.ndarray:
+    indices = batch_indices(
+      step, seed=seed, num_examples=len(images), global_batch_size=global_batch_size
+    )
+    return scale_images(_gather(images, indices[lo : lo + per_host]))
+
+  if prefetch == 0:
+    return (make(step) for step in _count(start_step))
+  return _prefetched(make, start_step, prefetch)
+
+
+# --------------------------------------------------------------------------
+# Validation and batching helpers.
+
+
+def _check_options(image_size: int, num_channels: int, crop: str, cache: str) -> None:
+  if num_channels not in (1, 3):
+    raise ValueError(
+      f'num_channels must be 1 (grey) or 3 (RGB), got {num_channels}; '
+      'set config.num_channels.'
+    )
+  if crop not in CROPS:
+    raise ValueError(f'Unknown crop {crop!r}; set config.crop to one of {CROPS}.')
+  if cache not in CACHES:
+    raise ValueError(f'Unknown cache {cache!r}; set config.cache to one of {CACHES}.')
+  if image_size < 1:
+    raise ValueError(f'image_size must be >= 1, got {image_size}.')
+
+
+def _check_batching(
+  num_examples: int, global_batch_size: int, process_count: int
+) -> None:
+  if process_count < 1:
+    raise ValueError(f'process_count must be >= 1, got {process_count}.')
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+      f'config.global_batch_size ({global_batch_size}) must be a positive '
+      f'multiple of the number of processes ({process_count}); change '
+      'config.global_batch_size.'
+    )
+  if num_examples < global_batch_size:
+    raise ValueError(
+      f'The data set has {num_examples} examples, fewer than one global batch '
+      f'({global_batch_size}); lower config.global_batch_size or use more data.'
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  order = order.astype(np.int64)
+  order.setflags(write=False)
+  return order
+
+
+def _gather(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+  """images[indices], reading in ascending order (kind to memory maps)."""
+  order = np.argsort(indices, kind='stable')
+  out = np.empty((len(indices),) + images.shape[1:], images.dtype)
+  out[order] = images[indices[order]]
+  return out
+
+
+def _count(start: int) -> Iterator[int]:
+  while True:
+    yield start
+    start += 1
+
+
+def _prefetched(
+  make: Callable[[int], np.ndarray], start_step: int, depth: int
+) -> Iterator[np.ndarray]:
+  """make(start_step), make(start_step + 1), ... computed by a daemon thread."""
+  ready: queue.Queue[tuple[np.ndarray | None, BaseException | None]]
+  ready = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def put(item: tuple[Any, Any]) -> None:
+    while not stop.is_set():
+      try:
+        ready.put(item, timeout=0.05)
+        return
+      except queue.Full:
+        continue
+
+  def work() -> None:
+    try:
+      for step in _count(start_step):
+        if stop.is_set():
+          return
+        put((make(step), None))
+    except BaseException as e:  # Re-raised in the consumer.
+      put((None, e))
+
+  thread = threading.Thread(target=work, name='host_batches', daemon=True)
+  thread.start()
+  try:
+    while True:
+      batch, error = ready.get()
+      if error is not None:
+        raise error
+      yield batch
+  finally:
+    stop.set()
+    thread.join()
+
+
+# --------------------------------------------------------------------------
+# Data set sources.
+
+
+def _parse_dataset(dataset: str) -> tuple[str, str]:
+  """('tfds', name) or ('folder', absolute path)."""
+  if not isinstance(dataset, str) or not dataset.strip():
+    raise ValueError(
+      f'config.dataset must be a TFDS name, "digits" or "folder:PATH"; got {dataset!r}.'
+    )
+  if dataset.startswith(_FOLDER_PREFIX):
+    path = dataset[len(_FOLDER_PREFIX) :]
+    if not path:
+      raise ValueError(
+        'config.dataset="folder:" needs a path: "folder:/path/to/images".'
+      )
+    if '://' in path:
+      raise ValueError(f'folder: needs a local directory, got {path!r}.')
+    return 'folder', os.path.abspath(os.path.expanduser(path))
+  if dataset == 'digits':
+    return 'tfds', DIGITS_TFDS_NAME
+  return 'tfds', dataset
+
+
+def _build_array(
+  *, out: _Allocator | None, source: tuple[str, str], **kwargs
+) -> np.ndarray:
+  """Runs the preprocessing pipeline into out(num_examples) (default: memory)."""
+  kind, name = source
+  start = time.perf_counter()
+  if kind == 'folder':
+    images = _load_folder(name, out=out, **kwargs)
+  else:
+    images = _load_tfds(name, out=out, **kwargs)
+  logging.info(
+    'Preprocessed %d images of %s in %.1f s.',
+    len(images),
+    name,
+    time.perf_counter() - start,
+  )
+  return images
+
+
+def _tf():
+  """Imports TensorFlow for data work only (never on an accelerator)."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf
+
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # Devices already initialised: keep what is set.
+    pass
+  return tf
+
+
+def _map(ds, fn):
+  """Parallel, order-preserving tf.data map of a plain (non-AutoGraph) fn."""
+  tf = _tf()
+  fn = tf.autograph.experimental.do_not_convert(fn)
+  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _tfds():
+  _tf()
+  import tensorflow_datasets as tfds
+
+  from dcgan_jax import digits_dataset  # noqa: F401  Registers sklearn_digits.
+
+  return tfds
+
+
+def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
+  message = (
+    f'TFDS data set {name!r} is not prepared in {data_dir} ({reason}). '
+    f'On a machine with internet run\n  tfds build {name} --data_dir=DIR\n'
+    'then copy DIR here and pass --config.data_dir=DIR.'
+  )
+  if name.split('/')[0].split(':')[0] == 'celeb_a':
+    message += (
+      '\nceleb_a downloads its files from Google Drive, which often hits its '
+      'quota. Manual route: get the 5 files of the "Align&Cropped" CelebA '
+      'release (http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) under these '
+      'exact names: img_align_celeba.zip (1,443,490,838 bytes), '
+      'list_eval_partition.txt, list_attr_celeba.txt, '
+      'list_landmarks_align_celeba.txt and identity_CelebA.txt; put them in '
+      f'{os.path.join(data_dir, "downloads", "manual")} (or any directory '
+      'passed as `tfds build celeb_a --manual_dir=...`) and run '
+      f'`tfds build celeb_a --data_dir={data_dir}` (or train again with '
+      'config.download=True); TFDS checks their checksums and prepares '
+      'the data without downloading.'
+    )
+  return message
+
+
+def _tfds_builder(name: str, data_dir: str | None, download: bool):
+  tfds = _tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, ValueError, KeyError) as e:
+    raise ValueError(
+      f'Unknown data set {name!r}: config.dataset must be a TFDS name '
+      "(e.g. 'mnist', 'cifar10', 'celeb_a', 'lsun/bedroom'), 'digits' or "
+      f"'folder:PATH'. TFDS said: {e}"
+    ) from e
+  if builder.is_prepared():
+    return builder
+  root = os.fspath(builder.data_dir_root)
+  if not download and builder.name != DIGITS_TFDS_NAME:
+    raise FileNotFoundError(
+      _not_prepared_message(name, root, 'config.download is False')
+    )
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # Network, quota, checksum, disk...
+    raise RuntimeError(
+      _not_prepared_message(name, root, f'download_and_prepare failed: {e!r}')
+    ) from e
+  return builder
+
+
+def _load_tfds(
+  name: str,
+  *,
+  out: _Allocator | None,
+  split: str,
+  data_dir: str | None,
+  download: bool,
+  image_key: str,
+  **preprocess,
+) -> np.ndarray:
+  tf = _tf()
+  tfds = _tfds()
+  builder = _tfds_builder(name, data_dir, download)
+  features = builder.info.features
+  if image_key not in features:
+    raise ValueError(
+      f'{name!r} has no feature {image_key!r} (it has {list(features.keys())}); '
+      'set config.image_key.'
+    )
+  feature = features[image_key]
+  is_encoded = isinstance(feature, tfds.features.Image)
+  decoder = {image_key: tfds.decode.SkipDecoding()} if is_encoded else None
+  read_config = tfds.ReadConfig(
+    interleave_cycle_length=1,  # Files in order: a canonical example order.
+    try_autocache=False,
+  )
+  try:
+    ds = builder.as_dataset(
+      split=split,
+      shuffle_files=False,
+      decoders=decoder,
+      read_config=read_config,
+    )
+  except (ValueError, KeyError) as e:
+    raise ValueError(
+      f'Cannot read split {split!r} of {name!r} (splits: '
+      f'{list(builder.info.splits.keys())}); set config.split. TFDS said: {e}'
+    ) from e
+
+  def to_image(example):
+    image = example[image_key]
+    if is_encoded:
+      image = tf.io.decode_image(image, expand_animations=False)
+    return image
+
+  return _run_pipeline(ds, to_image, out=out, **preprocess)
+
+
+def _list_folder(path: str) -> list[str]:
+  """Relative paths of the images under `path`, sorted."""
+  if not os.path.isdir(path):
+    raise ValueError(
+      f'Image folder {path} does not exist or is not a directory; fix '
+      'config.dataset="folder:PATH".'
+    )
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for f in files:
+      if f.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(os.path.relpath(os.path.join(root, f), path))
+  if not found:
+    raise ValueError(
+      f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {path}; fix '
+      'config.dataset="folder:PATH".'
+    )
+  return sorted(found, key=lambda p: p.split(os.sep))
+
+
+def _load_folder(
+  path: str,
+  *,
+  out: _Allocator | None,
+  split: str,
+  data_dir: str | None,
+  download: bool,
+  image_key: str,
+  **preprocess,
+) -> np.ndarray:
+  del split, data_dir, download, image_key  # TFDS only.
+  tf = _tf()
+  files = [os.path.join(path, f) for f in _list_folder(path)]
+
+  def decode(file):
+    return tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  try:
+    return _run_pipeline(ds, decode, out=out, **preprocess)
+  except tf.errors.OpError as e:
+    _raise_for_bad_file(files, e)
+    raise
+
+
+def _raise_for_bad_file(files: list[str], error: Exception) -> None:
+  """Names the first file TensorFlow cannot decode (slow; errors only)."""
+  tf = _tf()
+  for file in files:
+    try:
+      tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+    except tf.errors.OpError as e:
+      raise ValueError(
+        f'Cannot decode image {file}: {e.message}. Remove or convert it.'
+      ) from error
+
+
+# --------------------------------------------------------------------------
+# Preprocessing.
+
+
+def _preprocess(image, *, image_size: int, num_channels: int, crop: str):
+  """One decoded image [H, W, C] (any C in 1..4) to uint8 [S, S, num_channels]."""
+  tf = _tf()
+  image = tf.cast(image, tf.float32)
+  channels = tf.shape(image)[-1]
+  if num_channels == 1:
+    luminance = tf.constant([[0.299], [0.587], [0.114]], tf.float32)
+    image = tf.cond(
+      channels >= 3,
+      lambda: tf.tensordot(image[..., :3], luminance, axes=1),
+      lambda: image[..., :1],
+    )
+  else:
+    image = tf.cond(
+      channels >= 3,
+      lambda: image[..., :3],
+      lambda: tf.tile(image[..., :1], [1, 1, 3]),
+    )
+  image.set_shape([None, None, num_channels])
+  if crop != 'none':
+    image = _crop(image, crop)
+  image = tf.image.resize(
+    image, [image_size, image_size], method='bilinear', antialias=True
+  )
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def _crop(image, crop: str):
+  """Centred square, or centred 108x108 ('celeba') where the image allows."""
+  tf = _tf()
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  side = tf.minimum(height, width)
+  if crop == 'celeba':
+    side = tf.where(side >= CELEBA_CROP, CELEBA_CROP, side)
+  top = (height - side) // 2
+  left = (width - side) // 2
+  return image[top : top + side, left : left + side]
+
+
+def _run_pipeline(
+  ds,
+  decode: Callable[[Any], Any],
+  *,
+  out: _Allocator | None,
+  image_size: int,
+  num_channels: int,
+  crop: str,
+) -> np.ndarray:
+  """decode + _preprocess over a tf.data.Dataset, into one uint8 array."""
+  num_examples = int(ds.cardinality().numpy())
+  if num_examples < 0:  # Unknown: count before decoding anything.
+    num_examples = int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+
+  def fn(element):
+    image = decode(element)
+    return _preprocess(
+      image, image_size=image_size, num_channels=num_channels, crop=crop
+    )
+
+  ds = _map(ds, fn)
+  ds = ds.batch(_DECODE_BATCH).prefetch(2)
+  shape = (num_examples, image_size, image_size, num_channels)
+  images = np.empty(shape, np.uint8) if out is None else out(shape)
+  filled = 0
+  for batch in ds.as_numpy_iterator():
+    if filled + len(batch) > num_examples:
+      raise RuntimeError(f'Data set yields more than its {num_examples} examples.')
+    images[filled : filled + len(batch)] = batch
+    filled += len(batch)
+  if filled != num_examples:
+    raise RuntimeError(f'Data set yields {filled} of its {num_examples} examples.')
+  return images
+
+
+# --------------------------------------------------------------------------
+# Disk cache.
+
+
+def _cache_path(
+  cache_dir: str | None,
+  source: tuple[str, str],
+  split: str,
+  image_size: int,
+  num_channels: int,
+  crop: str,
+  image_key: str,
+) -> str:
+  if cache_dir is None:
+    raise ValueError("cache='disk' needs a directory: set config.cache_dir.")
+  if '://' in cache_dir:
+    raise ValueError(
+      f'config.cache_dir must be a local directory (it is memory-mapped), '
+      f'got {cache_dir!r}.'
+    )
+  kind, name = source
+  if kind == 'folder':  # Keyed by path, file names and sizes.
+    files = _list_folder(name)
+    sizes = [os.path.getsize(os.path.join(name, f)) for f in files]
+    listing = repr((name, files, sizes)).encode()
+    name = 'folder-' + hashlib.sha256(listing).hexdigest()[:12]
+    split = 'all'
+  parts = [name, split]
+  if image_key != 'image':
+    parts.append(image_key)
+  parts += [f'{image_size}x{image_size}x{num_channels}', crop, _CACHE_FORMAT]
+  safe = ''.join(c if c.isalnum() or c in '._-' else '_' for c in '-'.join(parts))
+  return os.path.join(os.path.expanduser(cache_dir), safe + '.npy')
+
+
+def _read_cache(path: str, shape_tail: tuple[int, ...]) -> np.ndarray | None:
+  if not os.path.exists(path):
+    return None
+  try:
+    images = np.load(path, mmap_mode='r')
+  except (OSError, ValueError) as e:
+    logging.warning('Ignoring unreadable cache %s: %s', path, e)
+    return None
+  if images.dtype != np.uint8 or images.shape[1:] != shape_tail:
+    logging.warning('Ignoring cache %s of shape %s.', path, images.shape)
+    return None
+  return images
+
+
+def _write_cache(path: str, build: Callable[..., np.ndarray]) -> None:
+  """Builds into a temporary .npy beside `path`, then renames it atomically."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  _remove_stale_temp_files(path)
+  tmp = f'{path}{_TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  try:
+    images = build(
+      out=lambda shape: np.lib.format.open_memmap(
+        tmp, mode='w+', dtype=np.uint8, shape=shape
+      )
+    )
+    images.flush()
+    del images
+    with open(tmp, 'rb+') as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    logging.info('Wrote image cache %s.', path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _remove_stale_temp_files(path: str) -> None:
+  """Deletes temporary files of `path` left by killed writers on this host."""
+  directory, prefix = os.path.split(path)
+  prefix += _TMP_INFIX
+  for name in os.listdir(directory):
+    if not name.startswith(prefix):
+      continue
+    pid = name[len(prefix) :].split('-')[0]
+    if pid.isdigit() and not _process_alive(int(pid)):
+      logging.info('Removing stale partial cache %s.', name)
+      try:
+        os.remove(os.path.join(directory, name))
+      except FileNotFoundError:
+        pass
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)  # Signal 0: only checks that the process exists.
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True

@@ -1,0 +1,547 @@
+"""Generators and discriminators for every `config.model.arch`.
+
+All architectures share one calling convention, which the trainer relies on:
+
+  G.apply(variables, z, train=..., mutable=['batch_stats'] when train)
+    z: float32 [B, z_dim] -> images [B, H, W, C] in [-1, 1] (tanh).
+  D.apply(variables, x, train=..., rngs={'dropout': key}, mutable=[...])
+    x: [B, H, W, C] -> float32 logits [B] (the sigmoid lives in the loss).
+
+Kernels are drawn from N(0, init_std), biases start at 0, BatchNorm scales at
+N(1, init_std) and shifts at 0, as in the reference DCGAN code. A layer that
+feeds straight into BatchNorm has no bias (BatchNorm's shift replaces it).
+Every BatchNorm gets `bn_axis_name`, so under pmap its statistics can span
+the global batch; the name is only used in train mode outside init.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+ARCHS = ('dcgan', 'tf_tutorial', 'conv28', 'mlp')
+Z_DISTS = ('uniform', 'normal')
+UPSAMPLES = ('transpose', 'resize_conv')
+RESIZE_METHODS = ('nearest', 'bilinear')
+KERNEL_SIZES = (4, 5)
+NUM_CHANNELS = (1, 3)
+DCGAN_IMAGE_SIZES = (16, 32, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSettings:
+  """Initialisation and BatchNorm settings shared by all layers of a model.
+
+  Builds layers so that every architecture gets the same initialisers and
+  BatchNorm hyper-parameters from a single place.
+  """
+
+  init_std: float = 0.02
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: str | None = None
+  leaky_slope: float = 0.2
+
+  @property
+  def kernel_init(self) -> Callable[..., jax.Array]:
+    return nn.initializers.normal(self.init_std)
+
+  def dense(self, features: int, *, use_bias: bool = True, name: str) -> nn.Dense:
+    """A Dense layer with the shared initialisers."""
+    return nn.Dense(
+      features, use_bias=use_bias, kernel_init=self.kernel_init, name=name
+    )
+
+  def conv(
+    self,
+    features: int,
+    kernel: int,
+    *,
+    strides: int = 1,
+    padding: str = 'SAME',
+    use_bias: bool = True,
+    name: str,
+  ) -> nn.Conv:
+    """A square-kernel convolution with the shared initialisers."""
+    return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=padding,
+      use_bias=use_bias,
+      kernel_init=self.kernel_init,
+      name=name,
+    )
+
+  def conv_transpose(
+    self,
+    features: int,
+    kernel: int,
+    *,
+    strides: int = 1,
+    padding: str = 'SAME',
+    use_bias: bool = True,
+    name: str,
+  ) -> nn.Module:
+    """A square-kernel transposed convolution with the shared initialisers.
+
+    With padding 'SAME' the output is exactly `strides` times the input.
+    Stride 2 'SAME' (every upsampling layer here) uses `StridedTransposeConv`,
+    the same function and parameters computed without input dilation.
+    """
+    if strides == 2 and padding == 'SAME':
+      return StridedTransposeConv(
+        features, kernel, use_bias=use_bias, kernel_init=self.kernel_init, name=name
+      )
+    return nn.ConvTranspose(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=padding,
+      use_bias=use_bias,
+      kernel_init=self.kernel_init,
+      name=name,
+    )
+
+  def batch_norm(self, train: bool, *, name: str) -> nn.BatchNorm:
+    """BatchNorm: batch statistics when training, running averages otherwise."""
+    std = self.init_std
+
+    def scale_init(key, shape, dtype=jnp.float32):
+      return 1.0 + std * jax.random.normal(key, shape, dtype)
+
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      axis_name=self.bn_axis_name,
+      scale_init=scale_init,
+      name=name,
+    )
+
+  def leaky_relu(self, x: jax.Array) -> jax.Array:
+    """LeakyReLU with the configured negative slope."""
+    return nn.leaky_relu(x, negative_slope=self.leaky_slope)
+
+
+def _transpose_phase_taps(kernel: int, pad_a: int):
+  """Per output phase r (0, 1): the kernel taps that reach it, in order, and
+  the input offset of the first one (consecutive taps read consecutive inputs).
+
+  Output o = 2q + r of a stride-2 transposed conv over a zero-dilated input
+  padded by `pad_a` in front reads input q + (r + t - pad_a) / 2 through tap t
+  whenever that is an integer.
+  """
+  phases = []
+  for r in range(2):
+    taps = [t for t in range(kernel) if (r + t - pad_a) % 2 == 0]
+    phases.append((np.array(taps), (r + taps[0] - pad_a) // 2))
+  return phases
+
+
+class StridedTransposeConv(nn.Module):
+  """`nn.ConvTranspose(strides=2, padding='SAME')`, without input dilation.
+
+  A fractionally-strided convolution computed as four stride-1 convolutions,
+  one per output phase (even/odd row x even/odd column), whose outputs are
+  interleaved. Same parameters ('kernel' [k, k, in, out], 'bias'), same
+  result up to float round-off, none of the multiplications by inserted
+  zeros; and its gradients are plain convolutions, which XLA runs far faster
+  on CPU than the dilated ones of `lax.conv_transpose`.
+  """
+
+  features: int
+  kernel_size: int
+  use_bias: bool = True
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
+    # lax.conv_transpose's 'SAME' front padding of the dilated input.
+    pad_a = k - 1 if k < 3 else (k + 1) // 2
+    phases = _transpose_phase_taps(k, pad_a)
+    rows = []
+    for taps_h, first_h in phases:
+      cols = []
+      for taps_w, first_w in phases:
+        sub = kernel[taps_h][:, taps_w]
+        pad = [
+          (-first_h, first_h + len(taps_h) - 1),
+          (-first_w, first_w + len(taps_w) - 1),
+        ]
+        cols.append(
+          jax.lax.conv_general_dilated(
+            x, sub, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+          )
+        )
+      rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2, C]
+    y = jnp.stack(rows, axis=2)  # [B, H, 2, W, 2, C]
+    b, h, _, w, _, c = y.shape
+    y = y.reshape(b, 2 * h, 2 * w, c)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return y
+
+
+def _maybe_bn(
+  x: jax.Array, layers: LayerSettings, use_bn: bool, train: bool, name: str
+) -> jax.Array:
+  """Applies BatchNorm named `name` if `use_bn`, else passes `x` through."""
+  return layers.batch_norm(train, name=name)(x) if use_bn else x
+
+
+def _logits(x: jax.Array, layers: LayerSettings) -> jax.Array:
+  """Flattens features, maps them to one logit per example: float32 [B]."""
+  x = x.reshape(x.shape[0], -1)
+  return layers.dense(1, name='logits')(x).reshape(-1).astype(jnp.float32)
+
+
+def _check_images(x: jax.Array, image_size: int, num_channels: int) -> None:
+  """Raises ValueError if `x` is not [B, image_size, image_size, C]."""
+  want = (image_size, image_size, num_channels)
+  if x.ndim != 4 or tuple(x.shape[1:]) != want:
+    raise ValueError(f'Discriminator expects images [B, {want}], got {x.shape}.')
+
+
+def _num_doublings(image_size: int) -> int:
+  """n = log2(image_size / 4): G's upsamplings from 4x4, D's downsamplings."""
+  return int(round(math.log2(image_size // 4)))
+
+
+# ----------------------------------------------------------------- dcgan ---
+
+
+class DCGANGenerator(nn.Module):
+  """The paper's generator: project z to 4x4xwidth, then upsample by 2 n times.
+
+  Channels halve at every upsampling; the last layer maps to `num_channels`
+  with a bias, tanh and no BatchNorm (Radford et al., 2015, figure 1).
+  """
+
+  layers: LayerSettings
+  image_size: int
+  num_channels: int
+  width: int
+  kernel_size: int = 5
+  upsample: str = 'transpose'
+  resize_method: str = 'nearest'
+  batchnorm: bool = True
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    bn, ch = self.batchnorm, self.width
+    x = self.layers.dense(4 * 4 * ch, use_bias=not bn, name='project')(z)
+    x = x.reshape(z.shape[0], 4, 4, ch)
+    x = nn.relu(_maybe_bn(x, self.layers, bn, train, 'project_bn'))
+    for i in range(_num_doublings(self.image_size) - 1):
+      ch //= 2
+      x = self._upsample(x, ch, use_bias=not bn, name=f'up_{i}')
+      x = nn.relu(_maybe_bn(x, self.layers, bn, train, f'up_{i}_bn'))
+    x = self._upsample(x, self.num_channels, use_bias=True, name='out')
+    return jnp.tanh(x)
+
+  def _upsample(
+    self, x: jax.Array, features: int, *, use_bias: bool, name: str
+  ) -> jax.Array:
+    """Doubles height and width: transposed conv or resize + conv."""
+    k = self.kernel_size
+    if self.upsample == 'transpose':
+      up = self.layers.conv_transpose(
+        features, k, strides=2, use_bias=use_bias, name=name
+      )
+      return up(x)
+    b, h, w, c = x.shape
+    x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method=self.resize_method)
+    return self.layers.conv(features, k, use_bias=use_bias, name=name)(x)
+
+
+class DCGANDiscriminator(nn.Module):
+  """The paper's discriminator: n stride-2 convs doubling channels, then Dense(1).
+
+  The input conv has a bias and no BatchNorm; the others have BatchNorm. All
+  use LeakyReLU.
+  """
+
+  layers: LayerSettings
+  image_size: int
+  num_channels: int
+  width: int
+  kernel_size: int = 5
+  batchnorm: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_images(x, self.image_size, self.num_channels)
+    for i in range(_num_doublings(self.image_size)):
+      use_bn = self.batchnorm and i > 0
+      conv = self.layers.conv(
+        self.width * 2**i,
+        self.kernel_size,
+        strides=2,
+        use_bias=not use_bn,
+        name=f'conv_{i}',
+      )
+      x = _maybe_bn(conv(x), self.layers, use_bn, train, f'conv_{i}_bn')
+      x = self.layers.leaky_relu(x)
+    return _logits(x, self.layers)
+
+
+# ----------------------------------------------------------- tf_tutorial ---
+
+
+class TFTutorialGenerator(nn.Module):
+  """Generator of TensorFlow's DCGAN tutorial (MNIST, 28x28).
+
+  Dense 7x7x256 -> transposed convs 128 (stride 1), 64, C (stride 2), all
+  5x5 and without bias, as in the tutorial. The tutorial's LeakyReLU uses the
+  Keras default slope 0.3; here (and in the discriminator) the slope is
+  `model.leaky_slope` (default 0.2), so set it to 0.3 to match the tutorial.
+  """
+
+  layers: LayerSettings
+  num_channels: int
+  batchnorm: bool = True
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    bn, lyr = self.batchnorm, self.layers
+    x = lyr.dense(7 * 7 * 256, use_bias=not bn, name='project')(z)
+    # As in Keras, BatchNorm normalises each of the 12544 Dense units, before
+    # the reshape (not per channel, as the 'dcgan' generator does).
+    x = lyr.leaky_relu(_maybe_bn(x, lyr, bn, train, 'project_bn'))
+    x = x.reshape(z.shape[0], 7, 7, 256)
+    for i, (ch, stride) in enumerate(((128, 1), (64, 2))):
+      up = lyr.conv_transpose(ch, 5, strides=stride, use_bias=not bn, name=f'up_{i}')
+      x = lyr.leaky_relu(_maybe_bn(up(x), lyr, bn, train, f'up_{i}_bn'))
+    out = lyr.conv_transpose(
+      self.num_channels, 5, strides=2, use_bias=False, name='out'
+    )
+    return jnp.tanh(out(x))
+
+
+class TFTutorialDiscriminator(nn.Module):
+  """Discriminator of TensorFlow's DCGAN tutorial: two 5x5 stride-2 convs.
+
+  Each conv is followed by LeakyReLU and Dropout (active only when training;
+  needs the 'dropout' rng then).
+  """
+
+  layers: LayerSettings
+  num_channels: int
+  dropout_rate: float = 0.3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_images(x, 28, self.num_channels)
+    for i, ch in enumerate((64, 128)):
+      x = self.layers.leaky_relu(
+        self.layers.conv(ch, 5, strides=2, name=f'conv_{i}')(x)
+      )
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return _logits(x, self.layers)
+
+
+# ---------------------------------------------------------------- conv28 ---
+
+
+class Conv28Generator(nn.Module):
+  """28x28 generator that treats z as a 1x1 image.
+
+  A 7x7 'VALID' transposed conv makes it 7x7x256, then two 5x5 stride-2 ones
+  go 7 -> 14 -> 28. BatchNorm + ReLU on all but the output layer.
+  """
+
+  layers: LayerSettings
+  num_channels: int
+  batchnorm: bool = True
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    bn, lyr = self.batchnorm, self.layers
+    x = z.reshape(z.shape[0], 1, 1, z.shape[-1])
+    x = lyr.conv_transpose(256, 7, padding='VALID', use_bias=not bn, name='up_0')(x)
+    x = nn.relu(_maybe_bn(x, lyr, bn, train, 'up_0_bn'))
+    x = lyr.conv_transpose(128, 5, strides=2, use_bias=not bn, name='up_1')(x)
+    x = nn.relu(_maybe_bn(x, lyr, bn, train, 'up_1_bn'))
+    x = lyr.conv_transpose(self.num_channels, 5, strides=2, name='out')(x)
+    return jnp.tanh(x)
+
+
+class Conv28Discriminator(nn.Module):
+  """Mirror of Conv28Generator, ending in a conv instead of a Dense layer.
+
+  5x5 stride-2 convs to 128 and 256 channels (28 -> 14 -> 7), then a 7x7
+  'VALID' conv to one logit. No BatchNorm on the input layer.
+  """
+
+  layers: LayerSettings
+  num_channels: int
+  batchnorm: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_images(x, 28, self.num_channels)
+    bn, lyr = self.batchnorm, self.layers
+    x = lyr.leaky_relu(lyr.conv(128, 5, strides=2, name='conv_0')(x))
+    x = lyr.conv(256, 5, strides=2, use_bias=not bn, name='conv_1')(x)
+    x = lyr.leaky_relu(_maybe_bn(x, lyr, bn, train, 'conv_1_bn'))
+    x = lyr.conv(1, 7, padding='VALID', name='logits')(x)
+    return x.reshape(-1).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------- mlp ---
+
+
+class MLPGenerator(nn.Module):
+  """Plain MLP generator: Dense(hidden) + ReLU -> Dense(H*W*C) + tanh."""
+
+  layers: LayerSettings
+  image_size: int
+  num_channels: int
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No BatchNorm or dropout.
+    size, ch = self.image_size, self.num_channels
+    x = nn.relu(self.layers.dense(self.hidden, name='hidden')(z))
+    x = jnp.tanh(self.layers.dense(size * size * ch, name='out')(x))
+    return x.reshape(z.shape[0], size, size, ch)
+
+
+class MLPDiscriminator(nn.Module):
+  """Plain MLP discriminator: flatten -> Dense(hidden) + ReLU -> Dense(1)."""
+
+  layers: LayerSettings
+  image_size: int
+  num_channels: int
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No BatchNorm or dropout.
+    _check_images(x, self.image_size, self.num_channels)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(self.layers.dense(self.hidden, name='hidden')(x))
+    return _logits(x, self.layers)
+
+
+# ------------------------------------------------------------ public API ---
+
+
+def _check_choice(what: str, value: Any, valid: tuple[Any, ...]) -> None:
+  """Raises ValueError naming `what`, the bad `value` and the valid choices."""
+  if value not in valid:
+    raise ValueError(f'{what}={value!r} is not supported; use one of {valid}.')
+
+
+def _check_dcgan(cfg: ml_collections.ConfigDict, image_size: int) -> None:
+  """Validates the 'dcgan' keys; messages say which key to change and how."""
+  if image_size not in DCGAN_IMAGE_SIZES:
+    raise ValueError(
+      f"image_size={image_size} is not supported by arch='dcgan': use a power "
+      f'of two in {DCGAN_IMAGE_SIZES}, or arch tf_tutorial/conv28 for 28x28.'
+    )
+  _check_choice('model.kernel_size', cfg.kernel_size, KERNEL_SIZES)
+  _check_choice('model.upsample', cfg.upsample, UPSAMPLES)
+  _check_choice('model.resize_method', cfg.resize_method, RESIZE_METHODS)
+  n = _num_doublings(image_size)
+  if cfg.g_width // 2 ** (n - 1) < 1:
+    raise ValueError(
+      f'model.g_width={cfg.g_width} is halved {n - 1} times at image_size='
+      f'{image_size} and would reach 0 channels; use g_width >= {2 ** (n - 1)}.'
+    )
+  if cfg.d_width < 1:
+    raise ValueError(f'model.d_width={cfg.d_width} must be >= 1.')
+
+
+def _check_config(
+  cfg: ml_collections.ConfigDict, image_size: int, num_channels: int
+) -> None:
+  """Raises ValueError for combinations no architecture supports."""
+  _check_choice('model.arch', cfg.arch, ARCHS)
+  _check_choice('num_channels', num_channels, NUM_CHANNELS)
+  if cfg.arch == 'dcgan':
+    _check_dcgan(cfg, image_size)
+  elif cfg.arch in ('tf_tutorial', 'conv28') and image_size != 28:
+    raise ValueError(
+      f'arch={cfg.arch!r} only makes 28x28 images, got image_size={image_size}; '
+      "set image_size=28 or use arch='dcgan' (16..128) or 'mlp'."
+    )
+  elif cfg.arch == 'mlp' and image_size < 8:
+    raise ValueError(f"arch='mlp' needs image_size >= 8, got {image_size}.")
+
+
+def create_models(
+  model_config: ml_collections.ConfigDict,
+  *,
+  image_size: int,
+  num_channels: int,
+  bn_axis_name: str | None = None,
+) -> tuple[nn.Module, nn.Module]:
+  """Returns (generator, discriminator) for `model_config.arch`.
+
+  Raises ValueError, saying what to change, for unsupported combinations.
+  `bn_axis_name` goes to every BatchNorm (synchronised BatchNorm under pmap).
+  `g_batchnorm` / `d_batchnorm` apply to every arch that has BatchNorm
+  ('dcgan', and 'tf_tutorial' / 'conv28' too); 'mlp' has none.
+  """
+  cfg = model_config
+  _check_config(cfg, image_size, num_channels)
+  lyr = LayerSettings(
+    init_std=cfg.init_std,
+    bn_momentum=cfg.bn_momentum,
+    bn_epsilon=cfg.bn_epsilon,
+    bn_axis_name=bn_axis_name,
+    leaky_slope=cfg.leaky_slope,
+  )
+  g_bn, d_bn, c = cfg.g_batchnorm, cfg.d_batchnorm, num_channels
+  if cfg.arch == 'dcgan':
+    conv = dict(image_size=image_size, num_channels=c, kernel_size=cfg.kernel_size)
+    return (
+      DCGANGenerator(
+        lyr,
+        width=cfg.g_width,
+        upsample=cfg.upsample,
+        resize_method=cfg.resize_method,
+        batchnorm=g_bn,
+        **conv,
+      ),
+      DCGANDiscriminator(lyr, width=cfg.d_width, batchnorm=d_bn, **conv),
+    )
+  if cfg.arch == 'tf_tutorial':
+    return (
+      TFTutorialGenerator(lyr, num_channels=c, batchnorm=g_bn),
+      TFTutorialDiscriminator(lyr, num_channels=c, dropout_rate=cfg.dropout_rate),
+    )
+  if cfg.arch == 'conv28':
+    return (
+      Conv28Generator(lyr, num_channels=c, batchnorm=g_bn),
+      Conv28Discriminator(lyr, num_channels=c, batchnorm=d_bn),
+    )
+  mlp = dict(image_size=image_size, num_channels=c, hidden=cfg.mlp_hidden)
+  return MLPGenerator(lyr, **mlp), MLPDiscriminator(lyr, **mlp)
+
+
+def sample_z(key: jax.Array, num: int, z_dim: int, dist: str) -> jax.Array:
+  """Draws G's input: float32 [num, z_dim], 'uniform' in [-1, 1] or 'normal'."""
+  _check_choice('model.z_dist', dist, Z_DISTS)
+  shape = (num, z_dim)
+  if dist == 'uniform':
+    return jax.random.uniform(key, shape, jnp.float32, minval=-1.0, maxval=1.0)
+  return jax.random.normal(key, shape, jnp.float32)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a pytree of arrays (or of jax.ShapeDtypeStructs)."""
+  return int(
+    sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(params))
+  )

@@ -1,0 +1,135 @@
+"""Draw images from a trained generator.
+
+Library functions turn generator outputs into uint8 images and grids; the
+command line loads the latest checkpoint of a workdir with the config it was
+trained with:
+
+  python -m dcgan_jax.sample --workdir=DIR --num_samples=1000 --output=s.npz
+  python -m dcgan_jax.sample --workdir=DIR --num_samples=64 --output=grid.png
+
+An .npz holds `images`, uint8 [N, H, W, C]; a .png holds a grid of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from PIL import Image
+
+
+def to_uint8(images: jax.Array | np.ndarray) -> np.ndarray:
+  """Maps images in [-1, 1] to uint8 [0, 255] (rounded, clipped)."""
+  images = np.asarray(images, dtype=np.float32)
+  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(images: np.ndarray, *, pad: int = 2, num_cols: int | None = None):
+  """Tiles uint8 [N, H, W, C] images into one [rows*(H+pad)+pad, ..., C] grid."""
+  n, h, w, c = images.shape
+  num_cols = num_cols or math.ceil(math.sqrt(n))
+  num_rows = math.ceil(n / num_cols)
+  grid = np.full(
+    (num_rows * (h + pad) + pad, num_cols * (w + pad) + pad, c), 255, np.uint8
+  )
+  for i, image in enumerate(images):
+    r, col = divmod(i, num_cols)
+    top, left = pad + r * (h + pad), pad + col * (w + pad)
+    grid[top : top + h, left : left + w] = image
+  return grid
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  """Writes a uint8 [H, W, C] image as PNG, atomically (temp file + rename)."""
+  if image.shape[-1] == 1:
+    image = image[..., 0]
+  tmp = f'{path}.tmp-{os.getpid()}'
+  Image.fromarray(image).save(tmp, format='PNG')
+  os.replace(tmp, path)
+
+
+def generate(
+  generator: nn.Module,
+  variables: dict[str, Any],
+  z: jax.Array,
+  *,
+  batchnorm: str = 'running',
+) -> jax.Array:
+  """G(z) in [-1, 1]. `batchnorm`: 'running' averages or the 'batch' statistics."""
+  if batchnorm == 'running':
+    return generator.apply(variables, z, train=False)
+  if batchnorm == 'batch':
+    images, _ = generator.apply(variables, z, train=True, mutable=['batch_stats'])
+    return images
+  raise ValueError(f"batchnorm must be 'running' or 'batch', got {batchnorm!r}.")
+
+
+def sample_from_workdir(
+  workdir: str, num_samples: int, *, seed: int | None = None, batch_size: int = 500
+) -> np.ndarray:
+  """uint8 [num_samples, H, W, C] from the latest checkpoint in `workdir`.
+
+  z comes from `seed` (default: the training run's own sample key), in chunks
+  of `batch_size` so large requests fit in memory.
+  """
+  from dcgan_jax import models, train  # Deferred: keeps `make_grid` light.
+
+  config = train.load_config(workdir)
+  generator, _ = models.create_models(
+    config.model,
+    image_size=config.image_size,
+    num_channels=config.num_channels,
+  )
+  state = train.restore_latest(workdir, config)
+  if state is None:
+    raise FileNotFoundError(
+      f'No checkpoint under {os.path.join(workdir, "checkpoints")}: train first '
+      f'with `python launch.py --config=... --workdir={workdir}`.'
+    )
+  variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  root_key = jax.random.key(config.seed if seed is None else seed)
+  sample_key = train.split_root_key(root_key)[2]
+  z = models.sample_z(sample_key, num_samples, config.model.z_dim, config.model.z_dist)
+  gen = jax.jit(
+    lambda v, z: generate(generator, v, z, batchnorm=config.sample_batchnorm)
+  )
+  chunks = [
+    to_uint8(gen(variables, z[i : i + batch_size]))
+    for i in range(0, num_samples, batch_size)
+  ]
+  return np.concatenate(chunks)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+    prog='python -m dcgan_jax.sample', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument('--workdir', required=True, help='Training workdir.')
+  parser.add_argument('--num_samples', type=int, default=64)
+  parser.add_argument('--output', required=True, help='.npz or .png file.')
+  parser.add_argument(
+    '--seed', type=int, default=None, help='z seed (default: the run seed).'
+  )
+  args = parser.parse_args(argv)
+  if args.num_samples < 1:
+    parser.error('--num_samples must be at least 1.')
+  ext = os.path.splitext(args.output)[1].lower()
+  if ext not in ('.npz', '.png'):
+    parser.error(f'--output must end in .npz or .png, got {args.output!r}.')
+  images = sample_from_workdir(args.workdir, args.num_samples, seed=args.seed)
+  if ext == '.png':
+    save_png(make_grid(images), args.output)
+  else:
+    np.savez_compressed(args.output, images=images)
+  print(f'Wrote {len(images)} samples {images.shape[1:]} to {args.output}')
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  main(sys.argv[1:])

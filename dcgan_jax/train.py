@@ -1,0 +1,479 @@
+"""DCGAN training: the state, the pmap-ed step, the loop, checkpoints, writers.
+
+Keys and data order are pure functions of (seed, step): the root key from
+`config.seed` is split once into init / train / sample keys, every step uses
+`fold_in(train_key, step)`, and the batch of step s is fixed by the input
+pipeline. A run resumed from a checkpoint therefore continues exactly as an
+uninterrupted one would.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+from flax import jax_utils, struct
+from flax import linen as nn
+
+from dcgan_jax import input_pipeline, models, sample
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+SAMPLES_DIR = 'samples'
+
+PyTree = Any
+
+
+class GANState(struct.PyTreeNode):
+  """Everything that changes during training, explicitly."""
+
+  step: jax.Array
+  g_params: PyTree
+  g_batch_stats: PyTree
+  g_opt_state: optax.OptState
+  d_params: PyTree
+  d_batch_stats: PyTree
+  d_opt_state: optax.OptState
+
+
+@struct.dataclass
+class TrainMetrics(metrics.Collection):
+  d_loss: metrics.Average.from_output('d_loss')
+  g_loss: metrics.Average.from_output('g_loss')
+  d_real: metrics.Average.from_output('d_real')
+  d_fake: metrics.Average.from_output('d_fake')
+  d_fake_after: metrics.Average.from_output('d_fake_after')
+  d_grad_norm: metrics.Average.from_output('d_grad_norm')
+  g_grad_norm: metrics.Average.from_output('g_grad_norm')
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What `train_step` needs besides state and data (hashable: static)."""
+
+  generator: nn.Module
+  discriminator: nn.Module
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+  z_dim: int
+  z_dist: str
+  real_label: float
+  sync_batchnorm: bool
+
+
+def split_root_key(root_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init_key, train_key, sample_key): the only split of the root key."""
+  init_key, train_key, sample_key = jax.random.split(root_key, 3)
+  return init_key, train_key, sample_key
+
+
+def create_optimizers(config: ml_collections.ConfigDict):
+  """Adam for G and D (paper: lr 2e-4, beta1 0.5)."""
+  g_tx = optax.adam(config.g_learning_rate, b1=config.b1, b2=config.b2)
+  d_tx = optax.adam(config.d_learning_rate, b1=config.b1, b2=config.b2)
+  return g_tx, d_tx
+
+
+def create_state(
+  generator: nn.Module,
+  discriminator: nn.Module,
+  g_tx: optax.GradientTransformation,
+  d_tx: optax.GradientTransformation,
+  init_key: jax.Array,
+  *,
+  z_dim: int,
+  image_shape: tuple[int, int, int],
+) -> GANState:
+  """Fresh parameters, BatchNorm statistics and optimizer states at step 0."""
+  g_key, d_key, dropout_key = jax.random.split(init_key, 3)
+  g_vars = generator.init(g_key, jnp.zeros((1, z_dim)), train=False)
+  d_vars = discriminator.init(
+    {'params': d_key, 'dropout': dropout_key},
+    jnp.zeros((1, *image_shape)),
+    train=False,
+  )
+  return GANState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_vars['params'],
+    g_batch_stats=g_vars.get('batch_stats', {}),
+    g_opt_state=g_tx.init(g_vars['params']),
+    d_params=d_vars['params'],
+    d_batch_stats=d_vars.get('batch_stats', {}),
+    d_opt_state=d_tx.init(d_vars['params']),
+  )
+
+
+def _bce(logits: jax.Array, target: float) -> jax.Array:
+  return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target))
+
+
+def train_step(
+  state: GANState,
+  images: jax.Array,
+  train_key: jax.Array,
+  *,
+  hyper: StepConfig,
+  axis_name: str = 'batch',
+) -> tuple[GANState, TrainMetrics]:
+  """One D update on a real and a fake batch, then one non-saturating G update.
+
+  Runs inside `pmap` over `axis_name`. z is drawn for the global batch from
+  `fold_in(train_key, step)` and each device takes its slice, so the result
+  does not depend on how many devices share the batch. G is run forward once;
+  its VJP is reused for the G update (G's parameters do not change in between,
+  so this equals a second forward pass).
+  """
+  num_devices = jax.lax.psum(1, axis_name)
+  device_index = jax.lax.axis_index(axis_name)
+  local_batch = images.shape[0]
+  step_key = jax.random.fold_in(train_key, state.step)
+  z_key, dropout_key = jax.random.split(step_key)
+  z = models.sample_z(z_key, local_batch * num_devices, hyper.z_dim, hyper.z_dist)
+  z = jax.lax.dynamic_slice_in_dim(z, device_index * local_batch, local_batch)
+  drop_real, drop_fake, drop_g = jax.random.split(
+    jax.random.fold_in(dropout_key, device_index), 3
+  )
+
+  def g_forward(g_params):
+    fake, new_vars = hyper.generator.apply(
+      {'params': g_params, 'batch_stats': state.g_batch_stats},
+      z,
+      train=True,
+      mutable=['batch_stats'],
+    )
+    return fake, new_vars.get('batch_stats', {})
+
+  fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+
+  def d_apply(d_params, batch_stats, x, dropout_key):
+    logits, new_vars = hyper.discriminator.apply(
+      {'params': d_params, 'batch_stats': batch_stats},
+      x,
+      train=True,
+      rngs={'dropout': dropout_key},
+      mutable=['batch_stats'],
+    )
+    return logits, new_vars.get('batch_stats', {})
+
+  def d_loss_fn(d_params):
+    real_logits, stats = d_apply(d_params, state.d_batch_stats, images, drop_real)
+    fake_logits, stats = d_apply(
+      d_params, stats, jax.lax.stop_gradient(fake), drop_fake
+    )
+    loss = _bce(real_logits, hyper.real_label).mean() + _bce(fake_logits, 0.0).mean()
+    return loss, (stats, real_logits, fake_logits)
+
+  (d_loss, (d_batch_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
+    d_loss_fn, has_aux=True
+  )(state.d_params)
+  d_grads = jax.lax.pmean(d_grads, axis_name)
+  d_updates, d_opt_state = hyper.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_updates)
+
+  def g_loss_fn(fake):
+    logits, _ = d_apply(d_params, d_batch_stats, fake, drop_g)
+    return _bce(logits, 1.0).mean(), logits
+
+  (g_loss, g_logits), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+  (g_grads,) = g_vjp(fake_grads)
+  g_grads = jax.lax.pmean(g_grads, axis_name)
+  g_updates, g_opt_state = hyper.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+
+  if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
+    g_batch_stats = jax.lax.pmean(g_batch_stats, axis_name)
+    d_batch_stats = jax.lax.pmean(d_batch_stats, axis_name)
+
+  new_state = state.replace(
+    step=state.step + 1,
+    g_params=g_params,
+    g_batch_stats=g_batch_stats,
+    g_opt_state=g_opt_state,
+    d_params=d_params,
+    d_batch_stats=d_batch_stats,
+    d_opt_state=d_opt_state,
+  )
+  outputs = {
+    'd_loss': d_loss,
+    'g_loss': g_loss,
+    'd_real': jax.nn.sigmoid(real_logits).mean(),
+    'd_fake': jax.nn.sigmoid(fake_logits).mean(),
+    'd_fake_after': jax.nn.sigmoid(g_logits).mean(),
+  }
+  outputs = jax.lax.pmean(outputs, axis_name)
+  outputs['d_grad_norm'] = optax.global_norm(d_grads)
+  outputs['g_grad_norm'] = optax.global_norm(g_grads)
+  return new_state, TrainMetrics.single_from_model_output(**outputs)
+
+
+# --- Config ----------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Fails fast, before anything compiles, with what to change."""
+
+  def need(ok: bool, message: str):
+    if not ok:
+      raise ValueError(f'Invalid config: {message}')
+
+  need(
+    config.global_batch_size > 0 and config.global_batch_size % num_devices == 0,
+    f'global_batch_size={config.global_batch_size} must be a positive multiple '
+    f'of the {num_devices} devices; set --config.global_batch_size to one.',
+  )
+  need(config.num_train_steps > 0, 'num_train_steps must be positive.')
+  for key in ('log_every_steps', 'sample_every_steps', 'checkpoint_every_steps'):
+    need(config[key] > 0, f'{key} must be positive (got {config[key]}).')
+  need(config.keep_checkpoints > 0, 'keep_checkpoints must be positive.')
+  need(config.num_sample_images > 0, 'num_sample_images must be positive.')
+  need(
+    config.sample_batchnorm in ('running', 'batch'),
+    f"sample_batchnorm must be 'running' or 'batch', got {config.sample_batchnorm!r}.",
+  )
+  need(
+    config.num_channels in (1, 3),
+    f'num_channels must be 1 or 3, got {config.num_channels}.',
+  )
+  need(
+    0.0 < config.real_label <= 1.0,
+    f'real_label must be in (0, 1], got {config.real_label}.',
+  )
+  for key in ('g_learning_rate', 'd_learning_rate'):
+    need(config[key] > 0, f'{key} must be positive (got {config[key]}).')
+  need(
+    0.0 <= config.b1 < 1.0 and 0.0 <= config.b2 < 1.0,
+    f'b1 and b2 must be in [0, 1), got {config.b1}, {config.b2}.',
+  )
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/config.json atomically (what `sample` and resumes read)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f'{path} not found: {workdir!r} is not a dcgan_jax workdir (train with '
+      f'`python launch.py --config=... --workdir={workdir}`).'
+    )
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+# --- Checkpoints -----------------------------------------------------------
+
+
+def checkpoint_manager(
+  workdir: str, *, keep: int = 3, read_only: bool = False
+) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=not read_only, read_only=read_only
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options
+  )
+
+
+def build(config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None):
+  """(generator, discriminator, g_tx, d_tx) for a config."""
+  generator, discriminator = models.create_models(
+    config.model,
+    image_size=config.image_size,
+    num_channels=config.num_channels,
+    bn_axis_name=bn_axis_name,
+  )
+  return generator, discriminator, *create_optimizers(config)
+
+
+def initial_state(config: ml_collections.ConfigDict) -> GANState:
+  generator, discriminator, g_tx, d_tx = build(config)
+  init_key = split_root_key(jax.random.key(config.seed))[0]
+  return create_state(
+    generator,
+    discriminator,
+    g_tx,
+    d_tx,
+    init_key,
+    z_dim=config.model.z_dim,
+    image_shape=(config.image_size, config.image_size, config.num_channels),
+  )
+
+
+def restore_latest(workdir: str, config: ml_collections.ConfigDict) -> GANState | None:
+  """The latest checkpointed state in `workdir` (host arrays), or None."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  with checkpoint_manager(workdir, read_only=True) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      return None
+    abstract = jax.eval_shape(lambda: initial_state(config))
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+# --- The loop --------------------------------------------------------------
+
+
+def _write_samples(writer, workdir, step, images_uint8) -> None:
+  grid = sample.make_grid(images_uint8)
+  writer.write_images(step, {'samples': grid[None]})
+  if jax.process_index() == 0:
+    sample.save_png(grid, os.path.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'))
+
+
+def _check_finite(summary: dict[str, Any], first: int, last: int) -> None:
+  bad = [k for k, v in summary.items() if not np.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+      f'Non-finite {", ".join(bad)} between steps {first} and {last}. Lower the '
+      'learning rates, check the data scaling, or resume from an earlier '
+      'checkpoint with another seed.'
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
+  """Trains (or resumes) in `workdir` until `config.num_train_steps`."""
+  validate_config(config, jax.device_count())
+  workdir = os.path.abspath(workdir)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+    save_config(config, workdir)
+
+  images = input_pipeline.load_images(
+    dataset=config.dataset,
+    split=config.split,
+    image_size=config.image_size,
+    num_channels=config.num_channels,
+    crop=config.crop,
+    data_dir=config.data_dir,
+    download=config.download,
+    image_key=config.image_key,
+    cache=config.cache,
+    cache_dir=config.cache_dir or os.path.join(workdir, 'data_cache'),
+  )
+  logging.info(
+    'Data set %r: %d images of %s.', config.dataset, *images.shape[:1], images.shape[1:]
+  )
+
+  bn_axis = 'batch' if config.sync_batchnorm else None
+  generator, discriminator, g_tx, d_tx = build(config, bn_axis_name=bn_axis)
+  hyper = StepConfig(
+    generator=generator,
+    discriminator=discriminator,
+    g_tx=g_tx,
+    d_tx=d_tx,
+    z_dim=config.model.z_dim,
+    z_dist=config.model.z_dist,
+    real_label=config.real_label,
+    sync_batchnorm=config.sync_batchnorm,
+  )
+  _, train_key, sample_key = split_root_key(jax.random.key(config.seed))
+
+  mngr = checkpoint_manager(workdir, keep=config.keep_checkpoints)
+  state = restore_latest(workdir, config) or initial_state(config)
+  start_step = int(state.step)
+  if start_step:
+    logging.info('Resuming from the checkpoint at step %d.', start_step)
+  logging.info(
+    'G: %s parameters, D: %s parameters.',
+    f'{models.count_params(state.g_params):,}',
+    f'{models.count_params(state.d_params):,}',
+  )
+  state = jax_utils.replicate(state)
+
+  p_train_step = jax.pmap(
+    functools.partial(train_step, hyper=hyper),
+    axis_name='batch',
+    in_axes=(0, 0, None),
+    donate_argnums=(0,),
+  )
+  sample_g, _ = models.create_models(
+    config.model, image_size=config.image_size, num_channels=config.num_channels
+  )
+  sample_z = models.sample_z(
+    sample_key, config.num_sample_images, config.model.z_dim, config.model.z_dist
+  )
+  j_generate = jax.jit(
+    functools.partial(sample.generate, sample_g, batchnorm=config.sample_batchnorm)
+  )
+
+  def write_samples(step):
+    variables = jax_utils.unreplicate(
+      {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+    )
+    _write_samples(
+      writer, workdir, step, sample.to_uint8(j_generate(variables, sample_z))
+    )
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if start_step == 0:
+    writer.write_hparams(config.to_dict() | {'model': str(config.model.to_dict())})
+    write_samples(0)
+  report = periodic_actions.ReportProgress(
+    num_train_steps=config.num_train_steps,
+    writer=writer,
+    every_steps=config.log_every_steps,
+    every_secs=None,
+  )
+
+  local_devices = jax.local_device_count()
+  batches = input_pipeline.host_batches(
+    images,
+    seed=config.seed,
+    global_batch_size=config.global_batch_size,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  batches = jax_utils.prefetch_to_device(
+    (b.reshape(local_devices, -1, *b.shape[1:]) for b in batches), 2
+  )
+  train_metrics = None
+  last_logged = start_step
+  t0 = time.time()
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    state, step_metrics = p_train_step(state, next(batches), train_key)
+    step_metrics = step_metrics.unreplicate()
+    train_metrics = (
+      step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
+    )
+    report(step)
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      summary = {k: float(v) for k, v in train_metrics.compute().items()}
+      _check_finite(summary, last_logged + 1, step)
+      writer.write_scalars(step, summary)
+      train_metrics, last_logged = None, step
+    if step % config.sample_every_steps == 0 or step == config.num_train_steps:
+      with report.timed('sample'):
+        write_samples(step)
+    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      with report.timed('checkpoint'):
+        mngr.save(step, args=ocp.args.StandardSave(jax_utils.unreplicate(state)))
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.flush()
+  logging.info(
+    'Finished %d steps in %.0f s; outputs in %s.',
+    config.num_train_steps - start_step,
+    time.time() - t0,
+    workdir,
+  )
+  return jax_utils.unreplicate(state)
