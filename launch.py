@@ -8,6 +8,7 @@ Pointing --workdir at an existing run resumes it from its latest checkpoint.
 Override any config key with --config.KEY=VALUE (unknown keys are errors).
 """
 
+import logging as std_logging
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -38,6 +39,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 _MULTIHOST_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of Orbax and TFDS; their warnings still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/xla_bridge')
+    return record.levelno >= std_logging.WARNING or not any(
+      part in record.pathname for part in noisy
+    )
+
+
 def _maybe_initialize_distributed() -> None:
   if FLAGS.coordinator_address:
     jax.distributed.initialize(
@@ -54,6 +65,7 @@ def _maybe_initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   # TensorFlow only feeds data: keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   _maybe_initialize_distributed()

@@ -1,6 +1,6 @@
 """CIFAR-10 (TFDS 'cifar10', 50,000 training images) at 32x32 RGB.
 
-  python launch.py --config=configs/cifar10.py --workdir=workdirs/cifar10
+python launch.py --config=configs/cifar10.py --workdir=workdirs/cifar10
 """
 
 from configs import default

@@ -117,6 +117,117 @@ def _bce(logits: jax.Array, target: float) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target))
 
 
+def _noise(
+  state: GANState, local_batch: int, train_key: jax.Array, hyper, axis_name: str
+):
+  """This device's slice of the global batch's z, and its dropout keys."""
+  num_devices = jax.lax.psum(1, axis_name)
+  device_index = jax.lax.axis_index(axis_name)
+  step_key = jax.random.fold_in(train_key, state.step)
+  z_key, dropout_key = jax.random.split(step_key)
+  z = models.sample_z(z_key, local_batch * num_devices, hyper.z_dim, hyper.z_dist)
+  z = jax.lax.dynamic_slice_in_dim(z, device_index * local_batch, local_batch)
+  # Dropout (only in 'tf_tutorial' D) is drawn per device.
+  dropout_keys = jax.random.split(jax.random.fold_in(dropout_key, device_index), 3)
+  return z, dropout_keys
+
+
+def _apply_d(hyper, d_params, batch_stats, x, dropout_key):
+  logits, new_vars = hyper.discriminator.apply(
+    {'params': d_params, 'batch_stats': batch_stats},
+    x,
+    train=True,
+    rngs={'dropout': dropout_key},
+    mutable=['batch_stats'],
+  )
+  return logits, new_vars.get('batch_stats', {})
+
+
+def d_update(
+  state: GANState,
+  images: jax.Array,
+  fake: jax.Array,
+  dropout_keys: jax.Array,
+  *,
+  hyper: StepConfig,
+  axis_name: str = 'batch',
+) -> tuple[GANState, dict[str, jax.Array]]:
+  """One Adam step of D on BCE(D(x), real_label) + BCE(D(fake), 0).
+
+  Real and fake go through D as separate batches (separate BatchNorm
+  statistics, as the paper's code). Only D's fields of the state change.
+  """
+
+  def loss_fn(d_params):
+    real_logits, stats = _apply_d(
+      hyper, d_params, state.d_batch_stats, images, dropout_keys[0]
+    )
+    fake_logits, stats = _apply_d(
+      hyper, d_params, stats, jax.lax.stop_gradient(fake), dropout_keys[1]
+    )
+    loss = _bce(real_logits, hyper.real_label).mean() + _bce(fake_logits, 0.0).mean()
+    return loss, (stats, real_logits, fake_logits)
+
+  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
+    loss_fn, has_aux=True
+  )(state.d_params)
+  grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = hyper.d_tx.update(grads, state.d_opt_state, state.d_params)
+  if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
+    stats = jax.lax.pmean(stats, axis_name)
+  state = state.replace(
+    d_params=optax.apply_updates(state.d_params, updates),
+    d_batch_stats=stats,
+    d_opt_state=opt_state,
+  )
+  outputs = {
+    'd_loss': loss,
+    'd_real': jax.nn.sigmoid(real_logits).mean(),
+    'd_fake': jax.nn.sigmoid(fake_logits).mean(),
+    'd_grad_norm': optax.global_norm(grads),
+  }
+  return state, outputs
+
+
+def g_update(
+  state: GANState,
+  fake: jax.Array,
+  g_vjp,
+  g_batch_stats: PyTree,
+  dropout_key: jax.Array,
+  *,
+  hyper: StepConfig,
+  axis_name: str = 'batch',
+) -> tuple[GANState, dict[str, jax.Array]]:
+  """One Adam step of G on the non-saturating loss BCE(D(G(z)), 1).
+
+  D is the one just updated. `fake` and `g_vjp` come from G's forward pass
+  at the current G parameters (`jax.vjp`), which the D update did not touch.
+  """
+
+  def loss_fn(fake):
+    logits, _ = _apply_d(hyper, state.d_params, state.d_batch_stats, fake, dropout_key)
+    return _bce(logits, 1.0).mean(), logits
+
+  (loss, logits), fake_grads = jax.value_and_grad(loss_fn, has_aux=True)(fake)
+  (grads,) = g_vjp(fake_grads)
+  grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = hyper.g_tx.update(grads, state.g_opt_state, state.g_params)
+  if not hyper.sync_batchnorm:
+    g_batch_stats = jax.lax.pmean(g_batch_stats, axis_name)
+  state = state.replace(
+    g_params=optax.apply_updates(state.g_params, updates),
+    g_batch_stats=g_batch_stats,
+    g_opt_state=opt_state,
+  )
+  outputs = {
+    'g_loss': loss,
+    'd_fake_after': jax.nn.sigmoid(logits).mean(),
+    'g_grad_norm': optax.global_norm(grads),
+  }
+  return state, outputs
+
+
 def train_step(
   state: GANState,
   images: jax.Array,
@@ -125,24 +236,15 @@ def train_step(
   hyper: StepConfig,
   axis_name: str = 'batch',
 ) -> tuple[GANState, TrainMetrics]:
-  """One D update on a real and a fake batch, then one non-saturating G update.
+  """One D update on a real and a fake batch, then one G update.
 
   Runs inside `pmap` over `axis_name`. z is drawn for the global batch from
   `fold_in(train_key, step)` and each device takes its slice, so the result
-  does not depend on how many devices share the batch. G is run forward once;
-  its VJP is reused for the G update (G's parameters do not change in between,
-  so this equals a second forward pass).
+  does not depend on how many devices share the batch. G runs forward once:
+  its VJP serves the G update, which equals a second forward pass since G's
+  parameters do not change in between.
   """
-  num_devices = jax.lax.psum(1, axis_name)
-  device_index = jax.lax.axis_index(axis_name)
-  local_batch = images.shape[0]
-  step_key = jax.random.fold_in(train_key, state.step)
-  z_key, dropout_key = jax.random.split(step_key)
-  z = models.sample_z(z_key, local_batch * num_devices, hyper.z_dim, hyper.z_dist)
-  z = jax.lax.dynamic_slice_in_dim(z, device_index * local_batch, local_batch)
-  drop_real, drop_fake, drop_g = jax.random.split(
-    jax.random.fold_in(dropout_key, device_index), 3
-  )
+  z, dropout_keys = _noise(state, images.shape[0], train_key, hyper, axis_name)
 
   def g_forward(g_params):
     fake, new_vars = hyper.generator.apply(
@@ -154,66 +256,26 @@ def train_step(
     return fake, new_vars.get('batch_stats', {})
 
   fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-
-  def d_apply(d_params, batch_stats, x, dropout_key):
-    logits, new_vars = hyper.discriminator.apply(
-      {'params': d_params, 'batch_stats': batch_stats},
-      x,
-      train=True,
-      rngs={'dropout': dropout_key},
-      mutable=['batch_stats'],
-    )
-    return logits, new_vars.get('batch_stats', {})
-
-  def d_loss_fn(d_params):
-    real_logits, stats = d_apply(d_params, state.d_batch_stats, images, drop_real)
-    fake_logits, stats = d_apply(
-      d_params, stats, jax.lax.stop_gradient(fake), drop_fake
-    )
-    loss = _bce(real_logits, hyper.real_label).mean() + _bce(fake_logits, 0.0).mean()
-    return loss, (stats, real_logits, fake_logits)
-
-  (d_loss, (d_batch_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
-    d_loss_fn, has_aux=True
-  )(state.d_params)
-  d_grads = jax.lax.pmean(d_grads, axis_name)
-  d_updates, d_opt_state = hyper.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
-
-  def g_loss_fn(fake):
-    logits, _ = d_apply(d_params, d_batch_stats, fake, drop_g)
-    return _bce(logits, 1.0).mean(), logits
-
-  (g_loss, g_logits), fake_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-  (g_grads,) = g_vjp(fake_grads)
-  g_grads = jax.lax.pmean(g_grads, axis_name)
-  g_updates, g_opt_state = hyper.g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = optax.apply_updates(state.g_params, g_updates)
-
-  if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
-    g_batch_stats = jax.lax.pmean(g_batch_stats, axis_name)
-    d_batch_stats = jax.lax.pmean(d_batch_stats, axis_name)
-
-  new_state = state.replace(
-    step=state.step + 1,
-    g_params=g_params,
-    g_batch_stats=g_batch_stats,
-    g_opt_state=g_opt_state,
-    d_params=d_params,
-    d_batch_stats=d_batch_stats,
-    d_opt_state=d_opt_state,
+  state, d_out = d_update(
+    state, images, fake, dropout_keys, hyper=hyper, axis_name=axis_name
   )
-  outputs = {
-    'd_loss': d_loss,
-    'g_loss': g_loss,
-    'd_real': jax.nn.sigmoid(real_logits).mean(),
-    'd_fake': jax.nn.sigmoid(fake_logits).mean(),
-    'd_fake_after': jax.nn.sigmoid(g_logits).mean(),
-  }
-  outputs = jax.lax.pmean(outputs, axis_name)
-  outputs['d_grad_norm'] = optax.global_norm(d_grads)
-  outputs['g_grad_norm'] = optax.global_norm(g_grads)
-  return new_state, TrainMetrics.single_from_model_output(**outputs)
+  state, g_out = g_update(
+    state,
+    fake,
+    g_vjp,
+    g_batch_stats,
+    dropout_keys[2],
+    hyper=hyper,
+    axis_name=axis_name,
+  )
+  outputs = jax.lax.pmean(d_out | g_out, axis_name)
+  state = state.replace(step=state.step + 1)
+  return state, TrainMetrics.single_from_model_output(**outputs)
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+  """Replica 0 of a pmap-ed pytree (flax's version mishandles device subsets)."""
+  return jax.tree.map(lambda x: x[0], tree)
 
 
 # --- Config ----------------------------------------------------------------
@@ -416,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
   )
 
   def write_samples(step):
-    variables = jax_utils.unreplicate(
+    variables = unreplicate(
       {'params': state.g_params, 'batch_stats': state.g_batch_stats}
     )
     _write_samples(
@@ -466,7 +528,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
         write_samples(step)
     if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
       with report.timed('checkpoint'):
-        mngr.save(step, args=ocp.args.StandardSave(jax_utils.unreplicate(state)))
+        mngr.save(step, args=ocp.args.StandardSave(unreplicate(state)))
   mngr.wait_until_finished()
   mngr.close()
   writer.flush()
@@ -476,4 +538,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     time.time() - t0,
     workdir,
   )
-  return jax_utils.unreplicate(state)
+  return unreplicate(state)

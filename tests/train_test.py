@@ -1,0 +1,290 @@
+"""The train step and the loop: correctness, replicas, determinism, resume."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import jax_utils
+
+from configs import digits as digits_config
+from dcgan_jax import input_pipeline, models, train
+
+NUM_DEVICES = 4
+
+
+def small_config(data_dir: str, **overrides):
+  """The digits preset shrunk to 16x16 and narrow widths: compiles fast."""
+  config = digits_config.get_config()
+  config.data_dir = data_dir
+  config.image_size = 16
+  config.model.g_width = 32
+  config.model.d_width = 8
+  config.global_batch_size = 16
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.sample_every_steps = 3
+  config.checkpoint_every_steps = 3
+  config.num_sample_images = 4
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for name in path:
+      target = target[name]
+    target[leaf] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def make_hyper(config, *, bn_axis_name='batch'):
+  generator, discriminator, g_tx, d_tx = train.build(config, bn_axis_name=bn_axis_name)
+  return train.StepConfig(
+    generator=generator,
+    discriminator=discriminator,
+    g_tx=g_tx,
+    d_tx=d_tx,
+    z_dim=config.model.z_dim,
+    z_dist=config.model.z_dist,
+    real_label=config.real_label,
+    sync_batchnorm=config.sync_batchnorm,
+  )
+
+
+def p_step(hyper):
+  return jax.pmap(
+    functools.partial(train.train_step, hyper=hyper),
+    axis_name='batch',
+    in_axes=(0, 0, None),
+  )
+
+
+def real_batches(config, num_steps):
+  images = input_pipeline.load_images(
+    dataset='digits',
+    image_size=config.image_size,
+    num_channels=1,
+    data_dir=config.data_dir,
+  )
+  it = input_pipeline.host_batches(
+    images, seed=config.seed, global_batch_size=config.global_batch_size, prefetch=0
+  )
+  return [next(it) for _ in range(num_steps)]
+
+
+def run_steps(config, batches, num_devices=NUM_DEVICES):
+  hyper = make_hyper(config)
+  step_fn = p_step(hyper)
+  state = jax_utils.replicate(
+    train.initial_state(config), devices=jax.local_devices()[:num_devices]
+  )
+  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  for batch in batches:
+    state, step_metrics = step_fn(
+      state, batch.reshape(num_devices, -1, *batch.shape[1:]), train_key
+    )
+  return state, step_metrics
+
+
+def leaves_equal(a, b) -> bool:
+  return all(
+    np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def test_four_devices_are_forced():
+  assert jax.local_device_count() == NUM_DEVICES
+
+
+def test_step_finite_losses_and_metrics(data_dir):
+  config = small_config(data_dir)
+  state, step_metrics = run_steps(config, real_batches(config, 3))
+  summary = step_metrics.unreplicate().compute()
+  assert set(summary) == {
+    'd_loss',
+    'g_loss',
+    'd_real',
+    'd_fake',
+    'd_fake_after',
+    'd_grad_norm',
+    'g_grad_norm',
+  }
+  for name, value in summary.items():
+    assert np.isfinite(value), name
+  for name in ('d_real', 'd_fake', 'd_fake_after'):
+    assert 0.0 < summary[name] < 1.0
+  assert int(state.step[0]) == 3
+
+
+@pytest.mark.parametrize('sync_batchnorm', [True, False])
+def test_replicas_never_diverge(data_dir, sync_batchnorm):
+  config = small_config(data_dir, sync_batchnorm=sync_batchnorm)
+  state, _ = run_steps(config, real_batches(config, 4))
+  host = jax.device_get(state)
+  for leaf in jax.tree.leaves(host):
+    for replica in range(1, NUM_DEVICES):
+      np.testing.assert_array_equal(leaf[0], leaf[replica])
+
+
+def test_d_update_leaves_g_unchanged(data_dir):
+  config = small_config(data_dir)
+  hyper = make_hyper(config)
+  state = jax_utils.replicate(train.initial_state(config))
+  batch = real_batches(config, 1)[0].reshape(NUM_DEVICES, -1, 16, 16, 1)
+
+  def d_only(state, images):
+    fake = jnp.tanh(images * 0.5)  # Any fake batch will do.
+    keys = jax.random.split(jax.random.key(1), 3)
+    return train.d_update(state, images, fake, keys, hyper=hyper)[0]
+
+  new = jax.pmap(d_only, axis_name='batch')(state, batch)
+  for name in ('g_params', 'g_batch_stats', 'g_opt_state', 'step'):
+    assert leaves_equal(getattr(new, name), getattr(state, name)), name
+  assert not leaves_equal(new.d_params, state.d_params)
+
+
+def reference_step(config, state, images, train_key, tx):
+  """The textbook DCGAN step on one device: two G forward passes, plain grads."""
+  g, d = models.create_models(config.model, image_size=16, num_channels=1)
+  step_key = jax.random.fold_in(train_key, state.step)
+  z_key, _ = jax.random.split(step_key)
+  z = models.sample_z(z_key, images.shape[0], config.model.z_dim, 'uniform')
+  bce = optax.sigmoid_binary_cross_entropy
+
+  def run_g(g_params):
+    return g.apply(
+      {'params': g_params, 'batch_stats': state.g_batch_stats},
+      z,
+      train=True,
+      mutable=['batch_stats'],
+    )
+
+  def run_d(d_params, stats, x):
+    return d.apply(
+      {'params': d_params, 'batch_stats': stats}, x, train=True, mutable=['batch_stats']
+    )
+
+  fake, g_vars = run_g(state.g_params)
+
+  def d_loss(d_params):
+    real_logits, v = run_d(d_params, state.d_batch_stats, images)
+    fake_logits, v = run_d(d_params, v['batch_stats'], fake)
+    loss = bce(real_logits, jnp.ones_like(real_logits)).mean()
+    return loss + bce(fake_logits, jnp.zeros_like(fake_logits)).mean(), v
+
+  d_grads, d_vars = jax.grad(d_loss, has_aux=True)(state.d_params)
+  updates, _ = tx.update(d_grads, tx.init(state.d_params), state.d_params)
+  d_params = optax.apply_updates(state.d_params, updates)
+
+  def g_loss(g_params):
+    logits, _ = run_d(d_params, d_vars['batch_stats'], run_g(g_params)[0])
+    return bce(logits, jnp.ones_like(logits)).mean()
+
+  g_grads = jax.grad(g_loss)(state.g_params)
+  updates, _ = tx.update(g_grads, tx.init(state.g_params), state.g_params)
+  g_params = optax.apply_updates(state.g_params, updates)
+  return g_params, g_vars['batch_stats'], d_params, d_vars['batch_stats']
+
+
+@pytest.mark.parametrize('num_devices', [1, NUM_DEVICES])
+def test_step_matches_textbook_reference(data_dir, num_devices):
+  """The pmap-ed step (one G pass, VJP reuse, pmean) == the plain recipe.
+
+  With SGD, so differences are those of the gradients: Adam's first step is
+  lr * sign(grad), which turns round-off in near-zero gradients into
+  lr-sized differences.
+  """
+  config = small_config(data_dir)
+  sgd = optax.sgd(0.1)
+  hyper = make_hyper(config)
+  hyper = train.StepConfig(**(vars(hyper) | {'g_tx': sgd, 'd_tx': sgd}))
+  generator, discriminator = hyper.generator, hyper.discriminator
+  state = train.create_state(
+    generator,
+    discriminator,
+    sgd,
+    sgd,
+    train.split_root_key(jax.random.key(config.seed))[0],
+    z_dim=config.model.z_dim,
+    image_shape=(16, 16, 1),
+  )
+  images = real_batches(config, 1)[0]
+  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  devices = jax.local_devices()[:num_devices]
+  new, _ = p_step(hyper)(
+    jax_utils.replicate(state, devices=devices),
+    images.reshape(num_devices, -1, 16, 16, 1),
+    train_key,
+  )
+  new = jax.device_get(train.unreplicate(new))
+  want = reference_step(config, state, images, train_key, sgd)
+  got = (new.g_params, new.g_batch_stats, new.d_params, new.d_batch_stats)
+  got_leaves = jax.tree_util.tree_leaves_with_path(got)
+  want_leaves = jax.tree_util.tree_leaves_with_path(want)
+  for (path, x), (_, y) in zip(got_leaves, want_leaves, strict=True):
+    np.testing.assert_allclose(
+      x, y, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path)
+    )
+
+
+def checkpoint_leaves(workdir):
+  config = train.load_config(workdir)
+  return jax.tree.leaves(train.restore_latest(workdir, config))
+
+
+def test_same_seed_same_state_and_resume_matches(data_dir, tmp_path):
+  config = small_config(data_dir)
+  train.train_and_evaluate(config, str(tmp_path / 'a'))
+  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  a, b = checkpoint_leaves(tmp_path / 'a'), checkpoint_leaves(tmp_path / 'b')
+  assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+  # Stop after 3 steps, then relaunch the same config on the same workdir.
+  stopped = config.copy_and_resolve_references()
+  stopped.num_train_steps = 3
+  train.train_and_evaluate(stopped, str(tmp_path / 'c'))
+  train.train_and_evaluate(config, str(tmp_path / 'c'))
+  c = checkpoint_leaves(tmp_path / 'c')
+  assert all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+  other = config.copy_and_resolve_references()
+  other.seed = 1
+  train.train_and_evaluate(other, str(tmp_path / 'd'))
+  d = checkpoint_leaves(tmp_path / 'd')
+  assert not all(np.array_equal(x, y) for x, y in zip(a, d, strict=True))
+
+
+def test_loop_writes_checkpoints_events_and_samples(data_dir, tmp_path):
+  config = small_config(data_dir, keep_checkpoints=1)
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['6']
+  assert sorted(os.listdir(workdir / 'samples')) == [
+    'step_0000000.png',
+    'step_0000003.png',
+    'step_0000006.png',
+  ]
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
+  assert train.load_config(workdir).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+  ('overrides', 'message'),
+  [
+    ({'global_batch_size': 6}, 'multiple of the 4 devices'),
+    ({'sample_batchnorm': 'ema'}, "'running' or 'batch'"),
+    ({'log_every_steps': 0}, 'log_every_steps must be positive'),
+    ({'real_label': 1.5}, 'real_label'),
+  ],
+)
+def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, message):
+  config = small_config(data_dir, **overrides)
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
