@@ -393,32 +393,25 @@ def restore_latest(workdir: str, config: ml_collections.ConfigDict) -> GANState 
 # --- The loop --------------------------------------------------------------
 
 
-def _write_samples(writer, workdir, step, images_uint8) -> None:
-  grid = sample.make_grid(images_uint8)
-  writer.write_images(step, {'samples': grid[None]})
-  if jax.process_index() == 0:
-    sample.save_png(grid, os.path.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'))
+def make_step_config(
+  config: ml_collections.ConfigDict, *, bn_axis_name: str | None = 'batch'
+) -> StepConfig:
+  """The static half of `train_step` for a config (models, optimizers, ...)."""
+  generator, discriminator, g_tx, d_tx = build(config, bn_axis_name=bn_axis_name)
+  return StepConfig(
+    generator=generator,
+    discriminator=discriminator,
+    g_tx=g_tx,
+    d_tx=d_tx,
+    z_dim=config.model.z_dim,
+    z_dist=config.model.z_dist,
+    real_label=config.real_label,
+    sync_batchnorm=config.sync_batchnorm,
+  )
 
 
-def _check_finite(summary: dict[str, Any], first: int, last: int) -> None:
-  bad = [k for k, v in summary.items() if not np.isfinite(v)]
-  if bad:
-    raise FloatingPointError(
-      f'Non-finite {", ".join(bad)} between steps {first} and {last}. Lower the '
-      'learning rates, check the data scaling, or resume from an earlier '
-      'checkpoint with another seed.'
-    )
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
-  """Trains (or resumes) in `workdir` until `config.num_train_steps`."""
-  validate_config(config, jax.device_count())
-  workdir = os.path.abspath(workdir)
-  is_chief = jax.process_index() == 0
-  if is_chief:
-    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
-    save_config(config, workdir)
-
+def load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
+  """The training images, uint8 [N, S, S, C], as `config` describes them."""
   images = input_pipeline.load_images(
     dataset=config.dataset,
     split=config.split,
@@ -431,63 +424,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     cache=config.cache,
     cache_dir=config.cache_dir or os.path.join(workdir, 'data_cache'),
   )
-  logging.info(
-    'Data set %r: %d images of %s.', config.dataset, *images.shape[:1], images.shape[1:]
+  logging.info('Data set %r: %d images %s.', config.dataset, len(images), images.shape)
+  return images
+
+
+def make_sampler(config: ml_collections.ConfigDict):
+  """state (replicated) -> uint8 sample grid of G(z) for the run's fixed z."""
+  generator, _ = models.create_models(
+    config.model, image_size=config.image_size, num_channels=config.num_channels
+  )
+  sample_key = split_root_key(jax.random.key(config.seed))[2]
+  z = models.sample_z(
+    sample_key, config.num_sample_images, config.model.z_dim, config.model.z_dist
+  )
+  generate = jax.jit(
+    functools.partial(sample.generate, generator, batchnorm=config.sample_batchnorm)
   )
 
-  bn_axis = 'batch' if config.sync_batchnorm else None
-  generator, discriminator, g_tx, d_tx = build(config, bn_axis_name=bn_axis)
-  hyper = StepConfig(
-    generator=generator,
-    discriminator=discriminator,
-    g_tx=g_tx,
-    d_tx=d_tx,
-    z_dim=config.model.z_dim,
-    z_dist=config.model.z_dist,
-    real_label=config.real_label,
-    sync_batchnorm=config.sync_batchnorm,
-  )
-  _, train_key, sample_key = split_root_key(jax.random.key(config.seed))
+  def grid(state: GANState) -> np.ndarray:
+    variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+    return sample.make_grid(sample.to_uint8(generate(unreplicate(variables), z)))
 
-  mngr = checkpoint_manager(workdir, keep=config.keep_checkpoints)
-  state = restore_latest(workdir, config) or initial_state(config)
-  start_step = int(state.step)
-  if start_step:
-    logging.info('Resuming from the checkpoint at step %d.', start_step)
-  logging.info(
-    'G: %s parameters, D: %s parameters.',
-    f'{models.count_params(state.g_params):,}',
-    f'{models.count_params(state.d_params):,}',
-  )
-  state = jax_utils.replicate(state)
+  return grid
 
+
+def _check_finite(summary: dict[str, Any], first: int, last: int) -> None:
+  bad = [k for k, v in summary.items() if not np.isfinite(v)]
+  if bad:
+    raise FloatingPointError(
+      f'Non-finite {", ".join(bad)} between steps {first} and {last}. Lower the '
+      'learning rates, check the data scaling, or resume from an earlier '
+      'checkpoint with another seed.'
+    )
+
+
+def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  flat = config.to_dict()
+  model = flat.pop('model')
+  return flat | {f'model.{k}': v for k, v in model.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
+  """Trains (or resumes) in `workdir` until `config.num_train_steps`."""
+  validate_config(config, jax.device_count())
+  workdir = os.path.abspath(workdir)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+    save_config(config, workdir)
+  images = load_data(config, workdir)
+
+  hyper = make_step_config(
+    config, bn_axis_name='batch' if config.sync_batchnorm else None
+  )
   p_train_step = jax.pmap(
     functools.partial(train_step, hyper=hyper),
     axis_name='batch',
     in_axes=(0, 0, None),
     donate_argnums=(0,),
   )
-  sample_g, _ = models.create_models(
-    config.model, image_size=config.image_size, num_channels=config.num_channels
-  )
-  sample_z = models.sample_z(
-    sample_key, config.num_sample_images, config.model.z_dim, config.model.z_dist
-  )
-  j_generate = jax.jit(
-    functools.partial(sample.generate, sample_g, batchnorm=config.sample_batchnorm)
-  )
+  train_key = split_root_key(jax.random.key(config.seed))[1]
+  sample_grid = make_sampler(config)
 
-  def write_samples(step):
-    variables = unreplicate(
-      {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-    )
-    _write_samples(
-      writer, workdir, step, sample.to_uint8(j_generate(variables, sample_z))
-    )
+  mngr = checkpoint_manager(workdir, keep=config.keep_checkpoints)
+  state = restore_latest(workdir, config) or initial_state(config)
+  start_step = int(state.step)
+  logging.info(
+    '%s at step %d. G: %s parameters, D: %s parameters.',
+    'Resuming' if start_step else 'Starting',
+    start_step,
+    f'{models.count_params(state.g_params):,}',
+    f'{models.count_params(state.d_params):,}',
+  )
+  state = jax_utils.replicate(state)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+  def write_samples(step: int) -> None:
+    grid = sample_grid(state)
+    writer.write_images(step, {'samples': grid[None]})
+    if is_chief:
+      sample.save_png(grid, os.path.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'))
+
   if start_step == 0:
-    writer.write_hparams(config.to_dict() | {'model': str(config.model.to_dict())})
+    writer.write_hparams(_hparams(config))
     write_samples(0)
   report = periodic_actions.ReportProgress(
     num_train_steps=config.num_train_steps,
@@ -495,8 +515,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     every_steps=config.log_every_steps,
     every_secs=None,
   )
-
-  local_devices = jax.local_device_count()
   batches = input_pipeline.host_batches(
     images,
     seed=config.seed,
@@ -505,12 +523,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  n = jax.local_device_count()
   batches = jax_utils.prefetch_to_device(
-    (b.reshape(local_devices, -1, *b.shape[1:]) for b in batches), 2
+    (b.reshape(n, -1, *b.shape[1:]) for b in batches), 2
   )
-  train_metrics = None
-  last_logged = start_step
-  t0 = time.time()
+
+  train_metrics, last_logged, t0 = None, start_step, time.time()
   for step in range(start_step + 1, config.num_train_steps + 1):
     state, step_metrics = p_train_step(state, next(batches), train_key)
     step_metrics = step_metrics.unreplicate()
@@ -518,23 +536,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
       step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
     )
     report(step)
-    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+    is_last = step == config.num_train_steps
+    if step % config.log_every_steps == 0 or is_last:
       summary = {k: float(v) for k, v in train_metrics.compute().items()}
       _check_finite(summary, last_logged + 1, step)
       writer.write_scalars(step, summary)
       train_metrics, last_logged = None, step
-    if step % config.sample_every_steps == 0 or step == config.num_train_steps:
+    if step % config.sample_every_steps == 0 or is_last:
       with report.timed('sample'):
         write_samples(step)
-    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+    if step % config.checkpoint_every_steps == 0 or is_last:
       with report.timed('checkpoint'):
         mngr.save(step, args=ocp.args.StandardSave(unreplicate(state)))
   mngr.wait_until_finished()
   mngr.close()
   writer.flush()
   logging.info(
-    'Finished %d steps in %.0f s; outputs in %s.',
-    config.num_train_steps - start_step,
+    'Trained steps %d to %d in %.0f s; outputs in %s.',
+    start_step,
+    config.num_train_steps,
     time.time() - t0,
     workdir,
   )

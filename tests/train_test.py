@@ -44,17 +44,7 @@ def data_dir(tmp_path_factory):
 
 
 def make_hyper(config, *, bn_axis_name='batch'):
-  generator, discriminator, g_tx, d_tx = train.build(config, bn_axis_name=bn_axis_name)
-  return train.StepConfig(
-    generator=generator,
-    discriminator=discriminator,
-    g_tx=g_tx,
-    d_tx=d_tx,
-    z_dim=config.model.z_dim,
-    z_dist=config.model.z_dist,
-    real_label=config.real_label,
-    sync_batchnorm=config.sync_batchnorm,
-  )
+  return train.make_step_config(config, bn_axis_name=bn_axis_name)
 
 
 def p_step(hyper):
