@@ -10,6 +10,7 @@ Override any config key with --config.KEY=VALUE (unknown keys are errors).
 
 import logging as std_logging
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -33,6 +34,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+flags.DEFINE_bool(
+  'allow_config_change',
+  False,
+  'Resume a workdir even though config keys that shape the trajectory (or '
+  'the data set) changed since it was started.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Environment variables that mean "one of several hosts".
@@ -66,6 +73,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.config.deterministic_gpu:  # Read when the GPU backend starts.
+    os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' --xla_gpu_deterministic_ops=true'
+    ).strip()
   # TensorFlow only feeds data: keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   _maybe_initialize_distributed()
@@ -77,7 +88,12 @@ def main(argv):
     jax.device_count(),
     jax.default_backend(),
   )
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(
+      FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
+    )
+  except train.ConfigError as e:
+    sys.exit(f'Error: {e}')
 
 
 if __name__ == '__main__':

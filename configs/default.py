@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_key = 'image'
   # Where TFDS keeps prepared data sets; None = TFDS's default
   # (~/tensorflow_datasets or $TFDS_DATA_DIR).
-  config.data_dir = None
+  config.data_dir = ml_collections.config_dict.placeholder(str)
   # Let TFDS download and prepare a data set that is not in data_dir.
   config.download = True
   # Square output resolution: a power of two from 16 to 128 for the 'dcgan'
@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.cache = 'memory'
   # Directory for the 'disk' cache; None = WORKDIR/data_cache. Must be a
   # local path.
-  config.cache_dir = None
+  config.cache_dir = ml_collections.config_dict.placeholder(str)
 
   # --- Model -------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
@@ -107,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics over the whole global batch (True, as the paper's
   # single-GPU batch of 128) or per device (False).
   config.sync_batchnorm = True
+  # On GPUs, make XLA pick deterministic kernels (--xla_gpu_deterministic_ops):
+  # bitwise-repeatable runs at some speed cost. No effect on CPU and TPU,
+  # which are deterministic already.
+  config.deterministic_gpu = False
 
   # --- Logging, samples, checkpoints -------------------------------------
   config.log_every_steps = 100

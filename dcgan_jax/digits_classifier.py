@@ -19,8 +19,13 @@ import numpy as np
 from PIL import Image
 from sklearn import calibration, datasets, svm
 
-MNIST_DIR = os.path.join(
-  os.path.dirname(__file__), os.pardir, os.pardir, 'shared', 'data', 'mnist'
+# The MNIST test set's IDX files: $DCGAN_MNIST_DIR, or ../shared/data/mnist
+# beside this checkout.
+MNIST_DIR = os.environ.get(
+  'DCGAN_MNIST_DIR',
+  os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, 'shared', 'data', 'mnist'
+  ),
 )
 
 
@@ -58,6 +63,12 @@ def to_features(images: np.ndarray) -> np.ndarray:
 
 def read_mnist(mnist_dir: str = MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
   """The MNIST IDX files in `mnist_dir`: uint8 [N, 28, 28], labels [N]."""
+  if not os.path.exists(os.path.join(mnist_dir, 't10k-images-idx3-ubyte.gz')):
+    raise FileNotFoundError(
+      f'MNIST test set not found in {os.path.abspath(mnist_dir)}: put '
+      't10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there or set '
+      '$DCGAN_MNIST_DIR (or --mnist_dir).'
+    )
   with gzip.open(os.path.join(mnist_dir, 't10k-images-idx3-ubyte.gz')) as f:
     images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
   with gzip.open(os.path.join(mnist_dir, 't10k-labels-idx1-ubyte.gz')) as f:

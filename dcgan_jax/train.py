@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -25,7 +27,7 @@ from clu import metric_writers, metrics, periodic_actions
 from flax import jax_utils, struct
 from flax import linen as nn
 
-from dcgan_jax import input_pipeline, models, sample
+from dcgan_jax import input_pipeline, manifest, models, sample
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -281,12 +283,16 @@ def unreplicate(tree: PyTree) -> PyTree:
 # --- Config ----------------------------------------------------------------
 
 
+class ConfigError(ValueError):
+  """A config that cannot run; the message says what to change."""
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Fails fast, before anything compiles, with what to change."""
 
   def need(ok: bool, message: str):
     if not ok:
-      raise ValueError(f'Invalid config: {message}')
+      raise ConfigError(f'Invalid config: {message}')
 
   need(
     config.global_batch_size > 0 and config.global_batch_size % num_devices == 0,
@@ -464,14 +470,104 @@ def _hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return flat | {f'model.{k}': v for k, v in model.items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANState:
-  """Trains (or resumes) in `workdir` until `config.num_train_steps`."""
+class Preemption:
+  """Has the run been asked to stop? Then save and exit at an agreed step.
+
+  With several processes, JAX's preemption sync point (via Orbax) makes all
+  hosts agree on the step after a SIGTERM. With one process, SIGTERM sets a
+  flag read at the next step boundary.
+  """
+
+  def __init__(self, mngr: ocp.CheckpointManager):
+    self._mngr = mngr
+    self._signalled = threading.Event()
+    self._previous = None
+    single = jax.process_count() == 1
+    if single and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._signalled.set()
+
+  def reached(self, step: int) -> bool:
+    return self._signalled.is_set() or self._mngr.reached_preemption(step)
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+class ConfigChangeError(ConfigError):
+  """Resuming with a config or data set that would change the trajectory."""
+
+
+def _check_resume(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool
+) -> None:
+  """Refuses to resume a run whose trajectory-shaping config changed."""
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return  # Nothing trained yet: the new config simply starts over.
+  changes = manifest.trajectory_changes(load_config(workdir), config)
+  if changes and not allow_config_change:
+    raise ConfigChangeError(
+      f'{workdir} holds a run with another config; resuming it with this one '
+      'would not continue its trajectory:\n  ' + '\n  '.join(changes) + '\n'
+      'Use a new --workdir, revert those keys, or pass --allow_config_change '
+      'to resume anyway (recorded in manifest.json).'
+    )
+  if changes:
+    logging.warning('Resuming with changed config: %s', '; '.join(changes))
+
+
+def _record_launch(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  images: np.ndarray,
+  start_step: int,
+  *,
+  allow_config_change: bool,
+) -> None:
+  """Writes config.json and manifest.json; refuses a changed data set."""
+  data = manifest.describe_data(config, images)
+  record = manifest.load(workdir) if start_step else None
+  if record is not None and record['data']['fingerprint'] != data['fingerprint']:
+    if not allow_config_change:
+      raise ConfigChangeError(
+        f'The data set differs from the one this run was trained on '
+        f'(fingerprint {data["fingerprint"][:12]}, {data["num_examples"]} '
+        f'examples; the run had {record["data"]["fingerprint"][:12]}, '
+        f'{record["data"]["num_examples"]}). Use a new --workdir or pass '
+        '--allow_config_change.'
+      )
+  launch = manifest.describe_launch(config, start_step)
+  launch['config_changed'] = bool(allow_config_change)
+  if record is None:
+    record = {'seed': config.seed, 'data': data, 'launches': []}
+  record['config'] = config.to_dict()
+  record['launches'].append(launch)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
+    manifest.write(workdir, record)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> GANState:
+  """Trains (or resumes) in `workdir` until `config.num_train_steps`.
+
+  Resuming refuses a config or data set that would change the trajectory
+  unless `allow_config_change`.
+  """
   validate_config(config, jax.device_count())
   workdir = os.path.abspath(workdir)
+  _check_resume(config, workdir, allow_config_change=allow_config_change)
   is_chief = jax.process_index() == 0
   if is_chief:
     os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
-    save_config(config, workdir)
   images = load_data(config, workdir)
 
   hyper = make_step_config(
@@ -495,6 +591,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     start_step,
     f'{models.count_params(state.g_params):,}',
     f'{models.count_params(state.d_params):,}',
+  )
+  _record_launch(
+    config, workdir, images, start_step, allow_config_change=allow_config_change
   )
   state = jax_utils.replicate(state)
 
@@ -528,7 +627,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     (b.reshape(n, -1, *b.shape[1:]) for b in batches), 2
   )
 
+  preemption = Preemption(mngr)
   train_metrics, last_logged, t0 = None, start_step, time.time()
+  step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
     state, step_metrics = p_train_step(state, next(batches), train_key)
     step_metrics = step_metrics.unreplicate()
@@ -545,17 +646,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> GANSt
     if step % config.sample_every_steps == 0 or is_last:
       with report.timed('sample'):
         write_samples(step)
-    if step % config.checkpoint_every_steps == 0 or is_last:
+    preempted = preemption.reached(step)
+    if step % config.checkpoint_every_steps == 0 or is_last or preempted:
       with report.timed('checkpoint'):
         mngr.save(step, args=ocp.args.StandardSave(unreplicate(state)))
+    if preempted:
+      break
+  preemption.close()
   mngr.wait_until_finished()
   mngr.close()
   writer.flush()
-  logging.info(
-    'Trained steps %d to %d in %.0f s; outputs in %s.',
-    start_step,
-    config.num_train_steps,
-    time.time() - t0,
-    workdir,
-  )
+  if step < config.num_train_steps:
+    logging.warning(
+      'Preempted: saved a checkpoint at step %d of %d in %s. Relaunch the same '
+      'command to continue from there.',
+      step,
+      config.num_train_steps,
+      workdir,
+    )
+  else:
+    logging.info(
+      'Trained steps %d to %d in %.0f s; outputs in %s.',
+      start_step,
+      step,
+      time.time() - t0,
+      workdir,
+    )
   return unreplicate(state)

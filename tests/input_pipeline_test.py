@@ -1,6 +1,5 @@
 """Tests of dcgan_jax.input_pipeline and the sklearn_digits TFDS builder."""
 
-import gzip
 import os
 import subprocess
 import threading
@@ -9,14 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dcgan_jax import digits_classifier
 from dcgan_jax import input_pipeline as ip
-
-# The real MNIST test set, read in place: $DCGAN_MNIST_DIR, else the shared/
-# folder beside the repository.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST_DIR = os.environ.get(
-  'DCGAN_MNIST_DIR', os.path.join(os.path.dirname(_REPO), 'shared', 'data', 'mnist')
-)
 
 
 @pytest.fixture(scope='module')
@@ -37,12 +30,7 @@ def _solid(height, width, colour):
 
 
 def _mnist_test_images(count):
-  path = os.path.join(MNIST_DIR, 't10k-images-idx3-ubyte.gz')
-  if not os.path.exists(path):
-    pytest.skip(f'MNIST not found at {path}')
-  with gzip.open(path, 'rb') as f:
-    data = np.frombuffer(f.read(), np.uint8, offset=16)
-  return data.reshape(-1, 28, 28)[:count]
+  return digits_classifier.read_mnist()[0][:count]
 
 
 # --------------------------------------------------------------------------

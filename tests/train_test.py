@@ -11,7 +11,7 @@ import pytest
 from flax import jax_utils
 
 from configs import digits as digits_config
-from dcgan_jax import input_pipeline, models, train
+from dcgan_jax import input_pipeline, manifest, models, train
 
 NUM_DEVICES = 4
 
@@ -263,6 +263,30 @@ def test_loop_writes_checkpoints_events_and_samples(data_dir, tmp_path):
   ]
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
   assert train.load_config(workdir).to_dict() == config.to_dict()
+  record = manifest.load(str(workdir))
+  assert record['seed'] == config.seed
+  assert record['data']['num_examples'] == 1797
+  assert record['data']['shape'] == [16, 16, 1]
+  assert len(record['data']['fingerprint']) == 64
+  (launch,) = record['launches']
+  assert launch['device_count'] == NUM_DEVICES and launch['process_count'] == 1
+  assert launch['backend'] == 'cpu' and launch['start_step'] == 0
+  for package in ('python', 'jax', 'jaxlib', 'flax', 'optax', 'numpy'):
+    assert launch['versions'][package], package
+  assert set(launch['code']) == {'commit', 'dirty'}
+
+
+def test_resume_refuses_other_data(data_dir, tmp_path):
+  config = small_config(data_dir, num_train_steps=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  record = manifest.load(str(tmp_path))
+  record['data']['fingerprint'] = '0' * 64  # As if the data set had changed.
+  manifest.write(str(tmp_path), record)
+  longer = small_config(data_dir, num_train_steps=6)
+  with pytest.raises(train.ConfigChangeError, match='data set differs'):
+    train.train_and_evaluate(longer, str(tmp_path))
+  state = train.train_and_evaluate(longer, str(tmp_path), allow_config_change=True)
+  assert int(state.step) == 6
 
 
 @pytest.mark.parametrize(

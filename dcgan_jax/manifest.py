@@ -1,0 +1,157 @@
+"""What a run was: config, versions, hardware, code revision and data.
+
+`WORKDIR/manifest.json` is written when a run starts and extended each time
+it is resumed (`launches`). Resuming checks that nothing which shapes the
+trajectory changed: the config (all but the keys in `RESUMABLE_KEYS`) and
+the data set's fingerprint.
+"""
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+MANIFEST_FILE = 'manifest.json'
+# Keys that may change between launches of one run: they change how long it
+# runs, what it logs and where data lives, not the numbers it computes.
+RESUMABLE_KEYS = frozenset(
+  {
+    'num_train_steps',
+    'log_every_steps',
+    'sample_every_steps',
+    'num_sample_images',
+    'sample_batchnorm',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'data_dir',
+    'download',
+    'cache',
+    'cache_dir',
+    'deterministic_gpu',
+  }
+)
+_PACKAGES = (
+  'jax',
+  'jaxlib',
+  'flax',
+  'optax',
+  'orbax-checkpoint',
+  'tensorflow-datasets',
+  'tensorflow-cpu',
+  'numpy',
+  'clu',
+  'ml-collections',
+)
+_CHUNK = 1 << 26  # Bytes hashed at a time (memory maps stay paged out).
+
+
+def fingerprint(images: np.ndarray) -> str:
+  """sha256 of the preprocessed uint8 images, their shape included."""
+  digest = hashlib.sha256(repr(images.shape).encode())
+  flat = images.reshape(-1)
+  for start in range(0, flat.size, _CHUNK):
+    digest.update(np.ascontiguousarray(flat[start : start + _CHUNK]).data)
+  return digest.hexdigest()
+
+
+def code_revision() -> dict[str, Any]:
+  """The git commit of this code and whether the tree had local changes."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args: str) -> str | None:
+    try:
+      out = subprocess.run(
+        ['git', *args], cwd=root, capture_output=True, text=True, timeout=10
+      )
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+  commit = git('rev-parse', 'HEAD')
+  if commit is None:
+    return {'commit': None, 'dirty': None}
+  return {'commit': commit, 'dirty': bool(git('status', '--porcelain'))}
+
+
+def _versions() -> dict[str, str | None]:
+  versions = {'python': platform.python_version()}
+  for name in _PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def describe_launch(config: ml_collections.ConfigDict, start_step: int) -> dict:
+  """This launch: when, on what, with which code."""
+  devices = jax.devices()
+  return {
+    'time': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
+    'start_step': start_step,
+    'num_train_steps': config.num_train_steps,
+    'backend': jax.default_backend(),
+    'device_kind': devices[0].device_kind,
+    'device_count': len(devices),
+    'process_count': jax.process_count(),
+    'versions': _versions(),
+    'code': code_revision(),
+  }
+
+
+def describe_data(config: ml_collections.ConfigDict, images: np.ndarray) -> dict:
+  return {
+    'name': config.dataset,
+    'split': config.split,
+    'num_examples': int(images.shape[0]),
+    'shape': list(images.shape[1:]),
+    'fingerprint': fingerprint(images),
+  }
+
+
+def trajectory_changes(
+  old: ml_collections.ConfigDict, new: ml_collections.ConfigDict
+) -> list[str]:
+  """'key: old -> new' for every changed key outside RESUMABLE_KEYS."""
+  a = _flatten(old.to_dict())
+  b = _flatten(new.to_dict())
+  return [
+    f'{key}: {a.get(key)!r} -> {b.get(key)!r}'
+    for key in sorted(set(a) | set(b))
+    if key not in RESUMABLE_KEYS and a.get(key) != b.get(key)
+  ]
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat |= _flatten(value, f'{prefix}{key}.')
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def load(workdir: str) -> dict | None:
+  path = os.path.join(workdir, MANIFEST_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write(workdir: str, manifest: dict) -> None:
+  """Writes WORKDIR/manifest.json atomically."""
+  path = os.path.join(workdir, MANIFEST_FILE)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(manifest, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
