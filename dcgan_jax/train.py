@@ -276,8 +276,19 @@ def train_step(
 
 
 def unreplicate(tree: PyTree) -> PyTree:
-  """Replica 0 of a pmap-ed pytree (flax's version mishandles device subsets)."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """This host's first replica of a pmap-ed pytree, as single-device arrays.
+
+  Reads only addressable data, so it also works on several hosts (where
+  `x[0]` of a global array would not); flax's version mishandles pmaps over
+  a subset of the devices.
+  """
+
+  def first(x):
+    if isinstance(x, jax.Array):
+      return x.addressable_data(0).reshape(x.shape[1:])
+    return x[0]
+
+  return jax.tree.map(first, tree)
 
 
 # --- Config ----------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""The same global batch on 1, 2, 4 and 8 devices: the same training run.
+
+z is drawn for the global batch and sliced per device, BatchNorm statistics
+span the global batch and gradients are averaged, so only the order of
+floating-point reductions depends on the device count. 8 devices need their
+own process (this one is forced to 4).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from flax import jax_utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 10
+
+
+def final_state(num_devices: int, num_steps: int = NUM_STEPS, optimizer='sgd'):
+  """The state after num_steps on the first num_devices devices (host arrays).
+
+  optimizer 'sgd' (0.01) isolates the step itself; 'adam' is the paper's.
+  """
+  import dataclasses
+
+  import optax
+
+  from configs import digits
+  from dcgan_jax import train
+
+  config = digits.get_config()
+  config.image_size = 16
+  config.model.g_width = 64
+  config.model.d_width = 16
+  config.global_batch_size = 32
+  hyper = train.make_step_config(config)
+  if optimizer == 'sgd':
+    sgd = optax.sgd(0.01)
+    hyper = dataclasses.replace(hyper, g_tx=sgd, d_tx=sgd)
+  state = train.create_state(
+    hyper.generator,
+    hyper.discriminator,
+    hyper.g_tx,
+    hyper.d_tx,
+    train.split_root_key(jax.random.key(config.seed))[0],
+    z_dim=config.model.z_dim,
+    image_shape=(16, 16, 1),
+  )
+  step = jax.pmap(
+    lambda s, x, k: train.train_step(s, x, k, hyper=hyper),
+    axis_name='batch',
+    in_axes=(0, 0, None),
+  )
+  state = jax_utils.replicate(state, devices=jax.local_devices()[:num_devices])
+  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  rng = np.random.default_rng(0)  # Fixed stand-in images: the step is tested.
+  for _ in range(num_steps):
+    batch = rng.uniform(-1, 1, (32, 16, 16, 1)).astype(np.float32)
+    state, _ = step(state, batch.reshape(num_devices, -1, 16, 16, 1), train_key)
+  return jax.device_get(train.unreplicate(state))
+
+
+def final_params(num_devices: int, num_steps: int = NUM_STEPS, optimizer='sgd'):
+  state = final_state(num_devices, num_steps, optimizer)
+  return state.g_params, state.d_params
+
+
+def max_relative_difference(a, b) -> float:
+  """max over parameter arrays of max|a - b| / max|a|."""
+  return max(
+    float(np.abs(x - y).max() / np.abs(x).max())
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def eight_device_params():
+  """final_params(8), computed in a process with 8 forced CPU devices."""
+  script = (
+    'import json, jax, numpy as np\n'
+    'from tests import device_count_test as t\n'
+    'params = t.final_params(8)\n'
+    'print(json.dumps([np.asarray(x).tolist() for x in jax.tree.leaves(params)]))\n'
+  )
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env['JAX_PLATFORMS'] = 'cpu'
+  proc = subprocess.run(
+    [sys.executable, '-c', script],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  leaves = [np.asarray(x, np.float32) for x in json.loads(proc.stdout.splitlines()[-1])]
+  reference = final_params(1)
+  return jax.tree.unflatten(jax.tree.structure(reference), leaves)
+
+
+def test_one_two_four_eight_devices_agree_to_round_off():
+  one = final_params(1)
+  others = {n: final_params(n) for n in (2, 4)}
+  others[8] = eight_device_params()
+  report = {n: max_relative_difference(one, p) for n, p in others.items()}
+  print(f'SGD, {NUM_STEPS} steps, max relative difference vs 1 device: {report}')
+  for n, diff in report.items():
+    assert diff < 1e-5, (n, report)
+  # The run moved: agreement is not that of untrained parameters.
+  untrained = final_params(1, num_steps=0)
+  assert max_relative_difference(one, untrained) > 1e-3
+
+
+def test_adam_first_gradients_agree_across_device_counts():
+  """D's Adam first moments after one step are 0.1 x D's first gradients.
+
+  Adam's parameters are not compared: its first update is lr * sign(grad),
+  so round-off in near-zero gradient components flips whole lr-sized steps
+  (G's first gradient already sees such a D), and the GAN dynamics amplify
+  them over later steps. The SGD test above covers the whole step.
+  """
+  one = final_state(1, 1, 'adam')
+  for n in (2, 4):
+    other = final_state(n, 1, 'adam')
+    diff = max_relative_difference(one.d_opt_state[0].mu, other.d_opt_state[0].mu)
+    print(f'Adam, D first moments after 1 step, {n} vs 1 device: {diff:.2e}')
+    assert diff < 1e-5, (n, diff)
