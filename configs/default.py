@@ -96,7 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   # the number of devices (paper: 128).
   config.global_batch_size = 128
   config.num_train_steps = 50_000
-  # Adam for both networks (paper: lr 2e-4, beta1 0.5).
+  # 'adam' for both networks (paper: lr 2e-4, beta1 0.5, beta2 0.999) or
+  # 'sgd' with `sgd_momentum` (the baseline the paper moved away from).
+  config.optimizer = 'adam'
+  config.sgd_momentum = 0.0
   config.g_learning_rate = 2e-4
   config.d_learning_rate = 2e-4
   config.b1 = 0.5

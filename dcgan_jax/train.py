@@ -26,6 +26,7 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from flax import jax_utils, struct
 from flax import linen as nn
+from jax.experimental import multihost_utils
 
 from dcgan_jax import input_pipeline, manifest, models, sample
 
@@ -80,10 +81,14 @@ def split_root_key(root_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array
 
 
 def create_optimizers(config: ml_collections.ConfigDict):
-  """Adam for G and D (paper: lr 2e-4, beta1 0.5)."""
-  g_tx = optax.adam(config.g_learning_rate, b1=config.b1, b2=config.b2)
-  d_tx = optax.adam(config.d_learning_rate, b1=config.b1, b2=config.b2)
-  return g_tx, d_tx
+  """(g_tx, d_tx): Adam (paper: lr 2e-4, beta1 0.5) or SGD with momentum."""
+
+  def make(learning_rate):
+    if config.optimizer == 'sgd':
+      return optax.sgd(learning_rate, momentum=config.sgd_momentum or None)
+    return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
+
+  return make(config.g_learning_rate), make(config.d_learning_rate)
 
 
 def create_state(
@@ -327,6 +332,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     0.0 < config.real_label <= 1.0,
     f'real_label must be in (0, 1], got {config.real_label}.',
   )
+  need(
+    config.optimizer in ('adam', 'sgd'),
+    f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.",
+  )
   for key in ('g_learning_rate', 'd_learning_rate'):
     need(config[key] > 0, f'{key} must be positive (got {config[key]}).')
   need(
@@ -403,8 +412,12 @@ def restore_latest(workdir: str, config: ml_collections.ConfigDict) -> GANState 
     step = mngr.latest_step()
     if step is None:
       return None
-    abstract = jax.eval_shape(lambda: initial_state(config))
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    # Host (numpy) arrays: every process reads the whole, replicated state.
+    target = jax.tree.map(
+      lambda x: np.zeros(x.shape, x.dtype),
+      jax.eval_shape(lambda: initial_state(config)),
+    )
+    return mngr.restore(step, args=ocp.args.StandardRestore(target))
 
 
 # --- The loop --------------------------------------------------------------
@@ -428,7 +441,22 @@ def make_step_config(
 
 
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
-  """The training images, uint8 [N, S, S, C], as `config` describes them."""
+  """The training images, uint8 [N, S, S, C], as `config` describes them.
+
+  With several processes, process 0 goes first, so that a TFDS data set is
+  prepared once rather than by every host into the same data_dir at once.
+  """
+  if jax.process_count() == 1:
+    return _load_data(config, workdir)
+  if jax.process_index() == 0:
+    images = _load_data(config, workdir)
+  multihost_utils.sync_global_devices('dcgan_jax: data prepared by process 0')
+  if jax.process_index() != 0:
+    images = _load_data(config, workdir)
+  return images
+
+
+def _load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
   images = input_pipeline.load_images(
     dataset=config.dataset,
     split=config.split,
@@ -660,7 +688,8 @@ def train_and_evaluate(
     preempted = preemption.reached(step)
     if step % config.checkpoint_every_steps == 0 or is_last or preempted:
       with report.timed('checkpoint'):
-        mngr.save(step, args=ocp.args.StandardSave(unreplicate(state)))
+        host_state = jax.device_get(unreplicate(state))  # Same on every host.
+        mngr.save(step, args=ocp.args.StandardSave(host_state))
     if preempted:
       break
   preemption.close()
