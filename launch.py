@@ -92,8 +92,8 @@ def main(argv):
     train.train_and_evaluate(
       FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
     )
-  except train.ConfigError as e:
-    sys.exit(f'Error: {e}')
+  except (train.ConfigError, FloatingPointError) as e:
+    sys.exit(f'Error: {e}')  # A message that says what to change, no traceback.
 
 
 if __name__ == '__main__':

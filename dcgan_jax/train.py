@@ -316,6 +316,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     f'of the {num_devices} devices; set --config.global_batch_size to one.',
   )
   need(config.num_train_steps > 0, 'num_train_steps must be positive.')
+  try:  # Architecture, image size, channels, kernel, upsampling, z.
+    models.create_models(
+      config.model, image_size=config.image_size, num_channels=config.num_channels
+    )
+  except ValueError as e:
+    raise ConfigError(f'Invalid config: {e}') from e
   for key in ('log_every_steps', 'sample_every_steps', 'checkpoint_every_steps'):
     need(config[key] > 0, f'{key} must be positive (got {config[key]}).')
   need(config.keep_checkpoints > 0, 'keep_checkpoints must be positive.')
@@ -446,6 +452,13 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
   With several processes, process 0 goes first, so that a TFDS data set is
   prepared once rather than by every host into the same data_dir at once.
   """
+  try:
+    return _load_data_in_turn(config, workdir)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:  # Say so, briefly.
+    raise ConfigError(f'Cannot load config.dataset={config.dataset!r}: {e}') from e
+
+
+def _load_data_in_turn(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
   if jax.process_count() == 1:
     return _load_data(config, workdir)
   if jax.process_index() == 0:
@@ -493,13 +506,21 @@ def make_sampler(config: ml_collections.ConfigDict):
   return grid
 
 
-def _check_finite(summary: dict[str, Any], first: int, last: int) -> None:
+def _check_finite(
+  summary: dict[str, Any], first: int, last: int, last_checkpoint: int | None
+) -> None:
   bad = [k for k, v in summary.items() if not np.isfinite(v)]
   if bad:
+    if last_checkpoint is None:
+      where = 'no checkpoint was written yet; relaunching starts over'
+    else:
+      where = (
+        f'the last good checkpoint is step {last_checkpoint}, where a relaunch resumes'
+      )
     raise FloatingPointError(
-      f'Non-finite {", ".join(bad)} between steps {first} and {last}. Lower the '
-      'learning rates, check the data scaling, or resume from an earlier '
-      'checkpoint with another seed.'
+      f'Non-finite {", ".join(bad)} between steps {first} and {last}; {where} '
+      '(nothing later was saved). Lower the learning rates or check the data '
+      'scaling.'
     )
 
 
@@ -593,6 +614,20 @@ def _record_launch(
     manifest.write(workdir, record)
 
 
+def _make_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(
+      f'Cannot write to --workdir={workdir} ({e.strerror}); choose a writable '
+      'directory.'
+    ) from e
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> GANState:
@@ -606,7 +641,7 @@ def train_and_evaluate(
   _check_resume(config, workdir, allow_config_change=allow_config_change)
   is_chief = jax.process_index() == 0
   if is_chief:
-    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+    _make_workdir(workdir)
   images = load_data(config, workdir)
 
   hyper = make_step_config(
@@ -677,16 +712,18 @@ def train_and_evaluate(
     )
     report(step)
     is_last = step == config.num_train_steps
-    if step % config.log_every_steps == 0 or is_last:
+    preempted = preemption.reached(step)
+    save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
+    if step % config.log_every_steps == 0 or is_last or save_now:
+      # Before any save: a non-finite state never overwrites a good checkpoint.
       summary = {k: float(v) for k, v in train_metrics.compute().items()}
-      _check_finite(summary, last_logged + 1, step)
+      _check_finite(summary, last_logged + 1, step, mngr.latest_step())
       writer.write_scalars(step, summary)
       train_metrics, last_logged = None, step
     if step % config.sample_every_steps == 0 or is_last:
       with report.timed('sample'):
         write_samples(step)
-    preempted = preemption.reached(step)
-    if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+    if save_now:
       with report.timed('checkpoint'):
         host_state = jax.device_get(unreplicate(state))  # Same on every host.
         mngr.save(step, args=ocp.args.StandardSave(host_state))

@@ -112,6 +112,17 @@ def test_launch_rejects_an_unknown_config_key(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing written for a bad command.
 
 
+def test_launch_reports_a_bad_config_in_one_line(tmp_path):
+  proc = run_module(
+    'launch.py', '--config=configs/digits.py', f'--workdir={tmp_path / "run"}',
+    '--config.image_size=48',
+  )  # fmt: skip
+  assert proc.returncode == 1
+  assert 'Error: Invalid config:' in proc.stderr and '48' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def test_folder_preset_learns_a_folder_of_mnist_pngs(tmp_path, tmp_path_factory):
   """28x28 grayscale MNIST digits as PNG files in class subfolders."""
   images, labels = digits_classifier.read_mnist()

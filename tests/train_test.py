@@ -224,6 +224,21 @@ def test_step_matches_textbook_reference(data_dir, num_devices):
     )
 
 
+def logged_metrics(workdir) -> dict[tuple[int, str], bytes]:
+  """The training scalars in a workdir's TensorBoard events, as raw bytes."""
+  import tensorflow as tf
+
+  names = set(train.TrainMetrics.__annotations__)
+  found = {}
+  for name in os.listdir(workdir):
+    if name.startswith('events.out'):
+      for event in tf.compat.v1.train.summary_iterator(str(workdir / name)):
+        for value in event.summary.value:
+          if value.tag in names:
+            found[(event.step, value.tag)] = value.tensor.SerializeToString()
+  return found
+
+
 def checkpoint_leaves(workdir):
   config = train.load_config(workdir)
   return jax.tree.leaves(train.restore_latest(workdir, config))
@@ -235,6 +250,10 @@ def test_same_seed_same_state_and_resume_matches(data_dir, tmp_path):
   train.train_and_evaluate(config, str(tmp_path / 'b'))
   a, b = checkpoint_leaves(tmp_path / 'a'), checkpoint_leaves(tmp_path / 'b')
   assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+  metrics_a, metrics_b = logged_metrics(tmp_path / 'a'), logged_metrics(tmp_path / 'b')
+  # Logged at steps 2, 4, 6 and at the checkpoint at 3: 4 x 7 metrics.
+  assert len(metrics_a) == 4 * 7
+  assert metrics_a == metrics_b
 
   # Stop after 3 steps, then relaunch the same config on the same workdir.
   stopped = config.copy_and_resolve_references()
@@ -296,9 +315,41 @@ def test_resume_refuses_other_data(data_dir, tmp_path):
     ({'sample_batchnorm': 'ema'}, "'running' or 'batch'"),
     ({'log_every_steps': 0}, 'log_every_steps must be positive'),
     ({'real_label': 1.5}, 'real_label'),
+    ({'num_train_steps': 0}, 'num_train_steps must be positive'),
+    ({'model.arch': 'stylegan'}, 'dcgan'),
+    ({'image_size': 48}, 'power of two'),
+    ({'num_channels': 2}, 'num_channels'),
+    ({'optimizer': 'rmsprop'}, "'adam' or 'sgd'"),
+    ({'dataset': 'no_such_dataset', 'download': False}, 'Cannot load'),
+    ({'dataset': 'folder:/no/such/dir'}, 'Cannot load'),
   ],
 )
 def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, message):
   config = small_config(data_dir, **overrides)
-  with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(train.ConfigError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(train.ConfigError, match='Cannot write to --workdir'):
+    train.train_and_evaluate(small_config(data_dir), str(blocker / 'run'))
+
+
+def test_divergence_stops_before_saving_a_non_finite_state(data_dir, tmp_path):
+  train.train_and_evaluate(small_config(data_dir, num_train_steps=3), str(tmp_path))
+  config = small_config(
+    data_dir,
+    g_learning_rate=1e30,
+    d_learning_rate=1e30,
+    checkpoint_every_steps=1,
+    log_every_steps=100,
+  )
+  with pytest.raises(FloatingPointError, match='between steps 4 and 4') as error:
+    train.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+  assert 'the last good checkpoint is step 3' in str(error.value)
+  saved = train.restore_latest(str(tmp_path), config)
+  assert int(saved.step) == 3
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
