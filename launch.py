@@ -92,7 +92,7 @@ def main(argv):
     train.train_and_evaluate(
       FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
     )
-  except (train.ConfigError, FloatingPointError) as e:
+  except (train.ConfigError, train.CheckpointError, FloatingPointError) as e:
     sys.exit(f'Error: {e}')  # A message that says what to change, no traceback.
 
 

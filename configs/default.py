@@ -123,6 +123,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Sample with BatchNorm running averages ('running') or with the
   # statistics of the sample batch itself ('batch', as the reference code).
   config.sample_batchnorm = 'running'
+  # GAN health (warnings + TensorBoard scalars, the run goes on): D wins
+  # outright (mean D(x) > 0.99, D(G(z)) < 0.01) for this many log intervals
+  # in a row; the fixed-z samples are less diverse than this fraction of
+  # real images (mean pairwise distance), i.e. mode collapse.
+  config.monitor_d_wins_window = 5
+  config.monitor_collapse_ratio = 0.2
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 3
 

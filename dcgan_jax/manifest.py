@@ -36,6 +36,8 @@ RESUMABLE_KEYS = frozenset(
     'cache',
     'cache_dir',
     'deterministic_gpu',
+    'monitor_d_wins_window',
+    'monitor_collapse_ratio',
   }
 )
 _PACKAGES = (

@@ -28,7 +28,7 @@ from flax import jax_utils, struct
 from flax import linen as nn
 from jax.experimental import multihost_utils
 
-from dcgan_jax import input_pipeline, manifest, models, sample
+from dcgan_jax import input_pipeline, manifest, models, monitors, sample
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -423,7 +423,32 @@ def restore_latest(workdir: str, config: ml_collections.ConfigDict) -> GANState 
       lambda x: np.zeros(x.shape, x.dtype),
       jax.eval_shape(lambda: initial_state(config)),
     )
-    return mngr.restore(step, args=ocp.args.StandardRestore(target))
+    try:
+      return mngr.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # Orbax raises many types; all mean "unreadable".
+      raise CheckpointError(_unreadable_message(mngr, step, e)) from e
+
+
+class CheckpointError(RuntimeError):
+  """The latest checkpoint cannot be read; the message says how to go on."""
+
+
+def _unreadable_message(mngr: ocp.CheckpointManager, step: int, error) -> str:
+  path = os.path.join(str(mngr.directory), str(step))
+  earlier = [s for s in mngr.all_steps() if s < step]
+  reason = str(error).strip().splitlines()[0][:300] if str(error) else repr(error)
+  if earlier:
+    advice = (
+      f'To resume from step {max(earlier)} (kept: {sorted(earlier)}), move the '
+      f'unreadable checkpoint aside (mv {path} {path}.unreadable) and relaunch.'
+    )
+  else:
+    advice = f'No earlier checkpoint is kept; move {path} aside to start over.'
+  return (
+    f'The latest checkpoint, {path}, cannot be restored ({type(error).__name__}: '
+    f'{reason}). If the config changed since it was written, relaunch with the '
+    f'original one. {advice}'
+  )
 
 
 # --- The loop --------------------------------------------------------------
@@ -487,7 +512,7 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
 
 
 def make_sampler(config: ml_collections.ConfigDict):
-  """state (replicated) -> uint8 sample grid of G(z) for the run's fixed z."""
+  """state (replicated) -> uint8 samples G(z) [N, H, W, C] for the run's fixed z."""
   generator, _ = models.create_models(
     config.model, image_size=config.image_size, num_channels=config.num_channels
   )
@@ -499,11 +524,11 @@ def make_sampler(config: ml_collections.ConfigDict):
     functools.partial(sample.generate, generator, batchnorm=config.sample_batchnorm)
   )
 
-  def grid(state: GANState) -> np.ndarray:
+  def images(state: GANState) -> np.ndarray:
     variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-    return sample.make_grid(sample.to_uint8(generate(unreplicate(variables), z)))
+    return sample.to_uint8(generate(unreplicate(variables), z))
 
-  return grid
+  return images
 
 
 def _check_finite(
@@ -654,7 +679,12 @@ def train_and_evaluate(
     donate_argnums=(0,),
   )
   train_key = split_root_key(jax.random.key(config.seed))[1]
-  sample_grid = make_sampler(config)
+  sample_images = make_sampler(config)
+  health = monitors.GANMonitors(
+    input_pipeline.scale_images(images[:256]),
+    d_wins_window=config.monitor_d_wins_window,
+    collapse_ratio=config.monitor_collapse_ratio,
+  )
 
   mngr = checkpoint_manager(workdir, keep=config.keep_checkpoints)
   state = restore_latest(workdir, config) or initial_state(config)
@@ -674,8 +704,13 @@ def train_and_evaluate(
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
   def write_samples(step: int) -> None:
-    grid = sample_grid(state)
+    samples = sample_images(state)
+    grid = sample.make_grid(samples)
     writer.write_images(step, {'samples': grid[None]})
+    if len(samples) > 1:
+      writer.write_scalars(
+        step, health.on_samples(step, input_pipeline.scale_images(samples))
+      )
     if is_chief:
       sample.save_png(grid, os.path.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'))
 
@@ -718,7 +753,7 @@ def train_and_evaluate(
       # Before any save: a non-finite state never overwrites a good checkpoint.
       summary = {k: float(v) for k, v in train_metrics.compute().items()}
       _check_finite(summary, last_logged + 1, step, mngr.latest_step())
-      writer.write_scalars(step, summary)
+      writer.write_scalars(step, summary | health.on_log(step, summary))
       train_metrics, last_logged = None, step
     if step % config.sample_every_steps == 0 or is_last:
       with report.timed('sample'):

@@ -353,3 +353,25 @@ def test_divergence_stops_before_saving_a_non_finite_state(data_dir, tmp_path):
   saved = train.restore_latest(str(tmp_path), config)
   assert int(saved.step) == 3
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
+
+
+def test_corrupt_latest_checkpoint_names_it_and_the_way_back(data_dir, tmp_path):
+  config = small_config(data_dir)
+  train.train_and_evaluate(config, str(tmp_path / 'ok'))
+  workdir = tmp_path / 'corrupt'
+  train.train_and_evaluate(config, str(workdir))
+  latest = workdir / 'checkpoints' / '6'
+  for root, _, files in os.walk(latest / 'default'):
+    for name in files:
+      if name not in ('_METADATA', 'commit_success.txt'):
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'\x00garbage')
+  with pytest.raises(train.CheckpointError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  print(message)
+  assert str(latest) in message and 'resume from step 3' in message
+  os.rename(latest, f'{latest}.unreadable')  # The advice, followed.
+  train.train_and_evaluate(config, str(workdir))
+  a, b = checkpoint_leaves(tmp_path / 'ok'), checkpoint_leaves(workdir)
+  assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
