@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Directory for the 'disk' cache; None = WORKDIR/data_cache. Must be a
   # local path.
   config.cache_dir = ml_collections.config_dict.placeholder(str)
+  # 'error': stop on unreadable/corrupt images in a 'folder:' data set,
+  # naming them; 'skip': leave them out with a warning.
+  config.bad_images = 'error'
 
   # --- Model -------------------------------------------------------------
   config.model = ml_collections.ConfigDict()

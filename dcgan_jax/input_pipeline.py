@@ -14,8 +14,10 @@ Data sets (`dataset`):
   * 'folder:PATH': every .png/.jpg/.jpeg/.bmp/.gif under PATH, recursively
     (case-insensitive extensions; symlinked folders are not followed),
     sorted by relative path component by component; GIFs give their first
-    frame. A file TensorFlow cannot decode (e.g. a 1-bit BMP) is named in a
-    ValueError.
+    frame. Files TensorFlow cannot decode (truncated or empty files, other
+    bytes under an image name, 1-bit BMPs, unreadable files) stop the load
+    with a ValueError naming them (bad_images='error'), or are left out with
+    a warning (bad_images='skip').
 
 Preprocessing, the same for all of them: convert to `num_channels` (alpha is
 dropped, RGB->grey by ITU-R 601 luminance, grey->RGB by repetition), crop
@@ -42,12 +44,15 @@ from absl import logging
 
 CROPS = ('center', 'celeba', 'none')
 CACHES = ('memory', 'disk')
+BAD_IMAGES = ('error', 'skip')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 DIGITS_TFDS_NAME = 'sklearn_digits'
 CELEBA_CROP = 108
 # Bumped whenever preprocessing changes, so stale disk caches are not reused.
 _CACHE_FORMAT = 'v1'
 _DECODE_BATCH = 256
+_BAD_LISTED = 5  # Undecodable files named in errors and warnings.
+_COPY_BYTES = 64 << 20  # Chunk size when copying into a smaller array.
 _FOLDER_PREFIX = 'folder:'
 _TMP_INFIX = '.tmp-'  # Cache files being written: PATH.tmp-PID-RANDOM.
 # Makes the uint8 output array of a given shape (e.g. a memmap).
@@ -70,6 +75,7 @@ def load_images(
   image_key: str = 'image',
   cache: str = 'memory',
   cache_dir: str | None = None,
+  bad_images: str = 'error',
 ) -> np.ndarray:
   """Returns the preprocessed data set, uint8 [N, image_size, image_size, C].
 
@@ -78,9 +84,15 @@ def load_images(
   keyed by data set, split, size, channels and crop (for 'folder:', by the
   path and its files' names and sizes). 'digits' is built locally even when
   download=False: it needs no network.
+
+  bad_images (only for 'folder:'; TFDS data sets are checked when prepared):
+  what to do with files TensorFlow cannot decode. 'error': a ValueError
+  that counts and names them, after trying every file; 'skip': leave them
+  out (the other images keep their order) and log a warning that counts and
+  names them; a ValueError if none is left.
   """
   source = _parse_dataset(dataset)
-  _check_options(image_size, num_channels, crop, cache)
+  _check_options(image_size, num_channels, crop, cache, bad_images)
   build = functools.partial(
     _build_array,
     source=source,
@@ -91,16 +103,45 @@ def load_images(
     data_dir=data_dir,
     download=download,
     image_key=image_key,
+    bad_images=bad_images,
   )
   if cache == 'memory':
     images = build(out=None)
     images.setflags(write=False)
     return images
-  path = _cache_path(
+  path, num_files = _cache_path(
     cache_dir, source, split, image_size, num_channels, crop, image_key
   )
   shape_tail = (image_size, image_size, num_channels)
   cached = _read_cache(path, shape_tail)
+  # bad_images is not part of the cache key: a build that succeeds holds the
+  # decodable images of the folder in either mode ('error' succeeds only when
+  # every file decodes, and then 'skip' drops nothing), so both modes can
+  # share the file. What differs is a cache built by 'skip' with files left
+  # out (fewer rows than files, as the key pins the file list): 'error' must
+  # not use it silently, so it decodes the folder again, which names the bad
+  # files (or, if they were repaired in place, replaces the cache with the
+  # full set); 'skip' uses it and warns again.
+  if cached is not None and num_files is not None and len(cached) < num_files:
+    missing = num_files - len(cached)
+    if bad_images == 'error':
+      logging.info(
+        'Cache %s lacks %d undecodable images of %s; decoding the folder again.',
+        path,
+        missing,
+        source[1],
+      )
+      cached = None
+    else:
+      logging.warning(
+        'Cache %s leaves out %d of the %d images in %s, which could not be '
+        "decoded when it was built (config.bad_images='skip'); delete it to "
+        'decode them again.',
+        path,
+        missing,
+        num_files,
+        source[1],
+      )
   if cached is not None:
     logging.info('Read %d cached images from %s.', len(cached), path)
     return cached
@@ -184,7 +225,9 @@ def host_batches(
 # Validation and batching helpers.
 
 
-def _check_options(image_size: int, num_channels: int, crop: str, cache: str) -> None:
+def _check_options(
+  image_size: int, num_channels: int, crop: str, cache: str, bad_images: str
+) -> None:
   if num_channels not in (1, 3):
     raise ValueError(
       f'num_channels must be 1 (grey) or 3 (RGB), got {num_channels}; '
@@ -194,6 +237,11 @@ def _check_options(image_size: int, num_channels: int, crop: str, cache: str) ->
     raise ValueError(f'Unknown crop {crop!r}; set config.crop to one of {CROPS}.')
   if cache not in CACHES:
     raise ValueError(f'Unknown cache {cache!r}; set config.cache to one of {CACHES}.')
+  if bad_images not in BAD_IMAGES:
+    raise ValueError(
+      f'Unknown bad_images {bad_images!r}; set config.bad_images to one of '
+      f'{BAD_IMAGES}.'
+    )
   if image_size < 1:
     raise ValueError(f'image_size must be >= 1, got {image_size}.')
 
@@ -404,8 +452,10 @@ def _load_tfds(
   data_dir: str | None,
   download: bool,
   image_key: str,
+  bad_images: str,
   **preprocess,
 ) -> np.ndarray:
+  del bad_images  # folder: only.
   tf = _tf()
   tfds = _tfds()
   builder = _tfds_builder(name, data_dir, download)
@@ -441,7 +491,8 @@ def _load_tfds(
       image = tf.io.decode_image(image, expand_animations=False)
     return image
 
-  return _run_pipeline(ds, to_image, out=out, **preprocess)
+  images, _ = _run_pipeline(ds, to_image, out=out, **preprocess)
+  return images
 
 
 def _list_folder(path: str) -> list[str]:
@@ -469,6 +520,7 @@ def _load_folder(
   path: str,
   *,
   out: _Allocator | None,
+  bad_images: str,
   split: str,
   data_dir: str | None,
   download: bool,
@@ -477,29 +529,65 @@ def _load_folder(
 ) -> np.ndarray:
   del split, data_dir, download, image_key  # TFDS only.
   tf = _tf()
-  files = [os.path.join(path, f) for f in _list_folder(path)]
-
-  def decode(file):
-    return tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
-
+  names = _list_folder(path)
+  files = [os.path.join(path, f) for f in names]
   ds = tf.data.Dataset.from_tensor_slices(files)
-  try:
-    return _run_pipeline(ds, decode, out=out, **preprocess)
-  except tf.errors.OpError as e:
-    _raise_for_bad_file(files, e)
-    raise
+  # One pass decodes every file; the failures are only looked at afterwards.
+  images, failed = _run_pipeline(
+    ds, _decode_file, out=out, drop_failures=True, **preprocess
+  )
+  if not len(failed):
+    return images
+  _check_undecodable([files[i] for i in failed], preprocess)
+  listed = ', '.join(names[i] for i in failed[:_BAD_LISTED])
+  count = (
+    f'{len(failed)} of {len(files)} images in {path} cannot be decoded, e.g. '
+    f'{listed} (first {_BAD_LISTED} listed)'
+  )
+  if bad_images == 'error':
+    raise ValueError(f"{count}: fix or remove them, or set config.bad_images='skip'.")
+  if len(failed) == len(files):
+    raise ValueError(
+      f'The image folder {path} has no readable images ({count}); fix the '
+      'files or config.dataset="folder:PATH".'
+    )
+  logging.warning("%s; config.bad_images='skip' leaves them out.", count)
+  return _first_rows(images, len(files) - len(failed), out)
 
 
-def _raise_for_bad_file(files: list[str], error: Exception) -> None:
-  """Names the first file TensorFlow cannot decode (slow; errors only)."""
+def _decode_file(file):
   tf = _tf()
-  for file in files:
-    try:
-      tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
-    except tf.errors.OpError as e:
-      raise ValueError(
-        f'Cannot decode image {file}: {e.message}. Remove or convert it.'
-      ) from error
+  return tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+
+
+def _check_undecodable(files: list[str], preprocess: dict[str, Any]) -> None:
+  """Checks that `files`, which failed in the pipeline, fail to decode alone.
+
+  Decoding alone is retried for all of them in one parallel tf.data pass
+  (far faster than eagerly when there are many). A file that decodes failed
+  later, in preprocessing, which no image should: its error is raised
+  rather than the file skipped.
+  """
+  tf = _tf()
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
+  ds = _map(ds, lambda i, file: (i, tf.shape(_decode_file(file))))
+  for i, _ in ds.ignore_errors().take(1).as_numpy_iterator():
+    # Preprocessing it again eagerly raises the real error, if it recurs.
+    _preprocess(_decode_file(files[i]), **preprocess)
+    raise RuntimeError(
+      f'{files[i]} decodes, yet failed in the input pipeline (out of memory?).'
+    )
+
+
+def _first_rows(images: np.ndarray, n: int, out: _Allocator | None) -> np.ndarray:
+  """A copy of images[:n] in a new array from `out` (default: memory)."""
+  shape = (n,) + images.shape[1:]
+  kept = np.empty(shape, np.uint8) if out is None else out(shape)
+  step = max(1, _COPY_BYTES // max(1, images[0].nbytes))
+  for start in range(0, n, step):
+    stop = min(n, start + step)
+    kept[start:stop] = images[start:stop]
+  return kept
 
 
 # --------------------------------------------------------------------------
@@ -553,31 +641,48 @@ def _run_pipeline(
   image_size: int,
   num_channels: int,
   crop: str,
-) -> np.ndarray:
-  """decode + _preprocess over a tf.data.Dataset, into one uint8 array."""
+  drop_failures: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+  """decode + _preprocess over a tf.data.Dataset, into one uint8 array.
+
+  Returns (images, failed), images having one row per element. Without
+  drop_failures the first failing element raises and `failed` is empty.
+  With it, failing elements are left out: `failed` holds their positions
+  (ascending) and only the first len(images) - len(failed) rows are filled,
+  with the other elements in order.
+  """
+  tf = _tf()
   num_examples = int(ds.cardinality().numpy())
   if num_examples < 0:  # Unknown: count before decoding anything.
     num_examples = int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
-  def fn(element):
+  def fn(index, element):
     image = decode(element)
-    return _preprocess(
+    return index, _preprocess(
       image, image_size=image_size, num_channels=num_channels, crop=crop
     )
 
-  ds = _map(ds, fn)
+  ds = _map(tf.data.Dataset.zip((tf.data.Dataset.range(num_examples), ds)), fn)
+  if drop_failures:
+    ds = ds.ignore_errors()
   ds = ds.batch(_DECODE_BATCH).prefetch(2)
   shape = (num_examples, image_size, image_size, num_channels)
   images = np.empty(shape, np.uint8) if out is None else out(shape)
+  done = np.zeros(num_examples, bool)
   filled = 0
-  for batch in ds.as_numpy_iterator():
+  last = -1
+  for indices, batch in ds.as_numpy_iterator():
     if filled + len(batch) > num_examples:
       raise RuntimeError(f'Data set yields more than its {num_examples} examples.')
+    if indices[0] <= last or (np.diff(indices) <= 0).any():
+      raise RuntimeError('The input pipeline yielded examples out of order.')
+    last = indices[-1]
     images[filled : filled + len(batch)] = batch
+    done[indices] = True
     filled += len(batch)
-  if filled != num_examples:
+  if filled != num_examples and not drop_failures:
     raise RuntimeError(f'Data set yields {filled} of its {num_examples} examples.')
-  return images
+  return images, np.flatnonzero(~done)
 
 
 # --------------------------------------------------------------------------
@@ -592,7 +697,8 @@ def _cache_path(
   num_channels: int,
   crop: str,
   image_key: str,
-) -> str:
+) -> tuple[str, int | None]:
+  """The cache file, and for 'folder:' the number of files it is keyed by."""
   if cache_dir is None:
     raise ValueError("cache='disk' needs a directory: set config.cache_dir.")
   if '://' in cache_dir:
@@ -601,8 +707,10 @@ def _cache_path(
       f'got {cache_dir!r}.'
     )
   kind, name = source
+  num_files = None
   if kind == 'folder':  # Keyed by path, file names and sizes.
     files = _list_folder(name)
+    num_files = len(files)
     sizes = [os.path.getsize(os.path.join(name, f)) for f in files]
     listing = repr((name, files, sizes)).encode()
     name = 'folder-' + hashlib.sha256(listing).hexdigest()[:12]
@@ -612,7 +720,7 @@ def _cache_path(
     parts.append(image_key)
   parts += [f'{image_size}x{image_size}x{num_channels}', crop, _CACHE_FORMAT]
   safe = ''.join(c if c.isalnum() or c in '._-' else '_' for c in '-'.join(parts))
-  return os.path.join(os.path.expanduser(cache_dir), safe + '.npy')
+  return os.path.join(os.path.expanduser(cache_dir), safe + '.npy'), num_files
 
 
 def _read_cache(path: str, shape_tail: tuple[int, ...]) -> np.ndarray | None:
@@ -630,25 +738,34 @@ def _read_cache(path: str, shape_tail: tuple[int, ...]) -> np.ndarray | None:
 
 
 def _write_cache(path: str, build: Callable[..., np.ndarray]) -> None:
-  """Builds into a temporary .npy beside `path`, then renames it atomically."""
+  """Builds into a temporary .npy beside `path`, then renames it atomically.
+
+  build(out=allocate) may allocate more than once (e.g. a smaller array
+  when images were skipped); its result must be its last allocation.
+  """
   os.makedirs(os.path.dirname(path), exist_ok=True)
   _remove_stale_temp_files(path)
-  tmp = f'{path}{_TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  temps = []
+
+  def allocate(shape: tuple[int, ...]) -> np.ndarray:
+    tmp = f'{path}{_TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    temps.append(tmp)
+    return np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
+
   try:
-    images = build(
-      out=lambda shape: np.lib.format.open_memmap(
-        tmp, mode='w+', dtype=np.uint8, shape=shape
-      )
-    )
+    images = build(out=allocate)
+    if getattr(images, 'filename', None) != os.path.abspath(temps[-1]):
+      raise RuntimeError('The cache build did not return its last allocation.')
     images.flush()
     del images
-    with open(tmp, 'rb+') as f:
+    with open(temps[-1], 'rb+') as f:
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(temps[-1], path)
     logging.info('Wrote image cache %s.', path)
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    for tmp in temps:
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def _remove_stale_temp_files(path: str) -> None:

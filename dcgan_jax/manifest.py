@@ -35,6 +35,7 @@ RESUMABLE_KEYS = frozenset(
     'download',
     'cache',
     'cache_dir',
+    'bad_images',  # The data fingerprint catches a change of images.
     'deterministic_gpu',
     'monitor_d_wins_window',
     'monitor_collapse_ratio',

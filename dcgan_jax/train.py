@@ -506,6 +506,7 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
     image_key=config.image_key,
     cache=config.cache,
     cache_dir=config.cache_dir or os.path.join(workdir, 'data_cache'),
+    bad_images=config.bad_images,
   )
   logging.info('Data set %r: %d images %s.', config.dataset, len(images), images.shape)
   return images

@@ -1,6 +1,7 @@
 """Tests of dcgan_jax.input_pipeline and the sklearn_digits TFDS builder."""
 
 import os
+import shutil
 import subprocess
 import threading
 
@@ -318,6 +319,7 @@ def test_option_errors(tmp_path, image_tree):
     (dict(num_channels=2), 'num_channels'),
     (dict(crop='square'), 'config.crop'),
     (dict(cache='redis'), 'config.cache'),
+    (dict(bad_images='ignore'), r"config.bad_images to one of \('error', 'skip'\)"),
     (dict(cache='disk'), 'config.cache_dir'),
     (dict(cache='disk', cache_dir='gs://bucket/x'), 'local'),
     (dict(dataset=''), 'config.dataset'),
@@ -420,3 +422,79 @@ def test_disk_cache_never_trusts_partial_files(tmp_path, image_tree):
   _save(image_tree / 'z.png', _solid(9, 9, (1, 2, 3)))
   assert ip.load_images(**kw).shape[0] == 8
   assert len(list(cache_dir.iterdir())) == 2
+
+
+# --------------------------------------------------------------------------
+# Undecodable files in folder: (config.bad_images).
+
+
+@pytest.fixture
+def bad_tree(tmp_path):
+  """(folder with good and bad images, folder with only the good ones)."""
+  good = tmp_path / 'good'
+  _save(good / 'a.png', _solid(20, 30, (255, 0, 0)))
+  _save(good / 'c.jpg', _solid(40, 40, (0, 255, 0)), quality=95)
+  _save(good / 'd' / 'f.png', np.random.default_rng(0).integers(0, 256, (9, 9)))
+  _save(good / 'h.jpeg', _solid(16, 24, (0, 0, 255)), quality=95)
+  mixed = tmp_path / 'mixed'
+  shutil.copytree(good, mixed)
+  png = (good / 'a.png').read_bytes()
+  (mixed / 'b_truncated.png').write_bytes(png[: len(png) // 2])
+  (mixed / 'd' / 'e_random.jpg').write_bytes(np.random.default_rng(1).bytes(300))
+  (mixed / 'g_empty.png').write_bytes(b'')
+  return mixed, good
+
+
+_BAD_NAMES = ('b_truncated.png', os.path.join('d', 'e_random.jpg'), 'g_empty.png')
+
+
+def test_bad_images_error_names_them(tmp_path, bad_tree):
+  mixed, _ = bad_tree
+  for cache in ('memory', 'disk'):
+    with pytest.raises(ValueError, match='3 of 7 images in ') as error:
+      ip.load_images(
+        dataset=f'folder:{mixed}',
+        image_size=8,
+        num_channels=3,
+        cache=cache,
+        cache_dir=str(tmp_path / 'cache'),
+      )
+    message = str(error.value)
+    assert str(mixed) in message and "config.bad_images='skip'" in message
+    assert f'e.g. {", ".join(_BAD_NAMES)} (first 5 listed)' in message
+  assert os.listdir(tmp_path / 'cache') == []  # No partial cache left behind.
+
+
+def test_bad_images_skip_keeps_the_good_ones(tmp_path, bad_tree, caplog):
+  mixed, good = bad_tree
+  kw = dict(image_size=8, num_channels=3, bad_images='skip')
+  expected = ip.load_images(dataset=f'folder:{good}', **kw)
+  assert expected.shape == (4, 8, 8, 3)
+  with caplog.at_level('WARNING'):
+    np.testing.assert_array_equal(
+      ip.load_images(dataset=f'folder:{mixed}', **kw), expected
+    )
+  assert '3 of 7 images' in caplog.text
+  assert all(name in caplog.text for name in _BAD_NAMES)
+  # The disk cache holds the same; 'error' does not reuse it silently.
+  disk = dict(dataset=f'folder:{mixed}', cache='disk', cache_dir=str(tmp_path / 'c'))
+  np.testing.assert_array_equal(ip.load_images(**disk, **kw), expected)
+  (cache_file,) = os.listdir(tmp_path / 'c')  # The temporary files are gone.
+  with pytest.raises(ValueError, match='3 of 7 images'):
+    ip.load_images(**disk, **{**kw, 'bad_images': 'error'})
+  assert os.listdir(tmp_path / 'c') == [cache_file]
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    np.testing.assert_array_equal(ip.load_images(**disk, **kw), expected)
+  assert 'leaves out 3 of the 7 images' in caplog.text
+
+
+def test_bad_images_skip_with_nothing_left(tmp_path):
+  root = tmp_path / 'bad'
+  root.mkdir()
+  (root / 'empty.png').write_bytes(b'')
+  (root / 'dangling.jpg').symlink_to(tmp_path / 'missing.jpg')  # Unreadable.
+  with pytest.raises(ValueError, match='no readable images.*2 of 2'):
+    ip.load_images(
+      dataset=f'folder:{root}', image_size=8, num_channels=1, bad_images='skip'
+    )
