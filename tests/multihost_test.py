@@ -8,9 +8,12 @@ uninterrupted two-process run bit for bit.
 """
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -47,7 +50,8 @@ def env_with_devices(n):
   )
 
 
-def run_two_processes(workdir, data_dir, num_steps, *extra):
+def run_two_processes(workdir, data_dir, num_steps, *extra, sigterm_after=None):
+  """Runs both processes to the end (or SIGTERMs both once training began)."""
   port = free_port()
   procs = [
     subprocess.Popen(
@@ -62,6 +66,14 @@ def run_two_processes(workdir, data_dir, num_steps, *extra):
     )
     for i in range(2)
   ]
+  if sigterm_after is not None:
+    first_grid = os.path.join(workdir, 'samples', 'step_0000000.png')
+    deadline = time.time() + 120
+    while not os.path.exists(first_grid) and time.time() < deadline:
+      time.sleep(0.05)
+    time.sleep(sigterm_after)
+    for p in procs:  # Cloud TPU signals every host.
+      p.send_signal(signal.SIGTERM)
   logs = [p.communicate(timeout=300)[1] for p in procs]
   for p in procs:
     assert p.returncode == 0, '\n-----\n'.join(log[-2500:] for log in logs)
@@ -124,5 +136,24 @@ def test_two_process_resume_is_bit_exact(data_dir, tmp_path):
   logs = run_two_processes(tmp_path / 'resumed', data_dir, 10)
   assert all('Resuming at step 5' in log for log in logs)
   full, resumed = restored(tmp_path / 'full'), restored(tmp_path / 'resumed')
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_on_both_hosts_saves_at_one_agreed_step(data_dir, tmp_path):
+  cadence = ('--config.checkpoint_every_steps=100', '--config.sample_every_steps=100')
+  run_two_processes(tmp_path / 'full', data_dir, 300, *cadence)
+  logs = run_two_processes(
+    tmp_path / 'preempted', data_dir, 300, *cadence, sigterm_after=2
+  )
+  steps = [
+    re.search(r'Preempted: saved a checkpoint at step (\d+)', log) for log in logs
+  ]
+  assert all(steps), logs[0][-2000:]
+  (step,) = {int(m.group(1)) for m in steps}  # Both hosts agree.
+  assert 0 < step < 300
+  assert int(restored(tmp_path / 'preempted').step) == step
+  run_two_processes(tmp_path / 'preempted', data_dir, 300, *cadence)
+  full, resumed = restored(tmp_path / 'full'), restored(tmp_path / 'preempted')
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
