@@ -1,5 +1,6 @@
 """The train step and the loop: correctness, replicas, determinism, resume."""
 
+import dataclasses
 import functools
 import os
 
@@ -43,10 +44,6 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
-def make_hyper(config, *, bn_axis_name='batch'):
-  return train.make_step_config(config, bn_axis_name=bn_axis_name)
-
-
 def p_step(hyper):
   return jax.pmap(
     functools.partial(train.train_step, hyper=hyper),
@@ -69,7 +66,7 @@ def real_batches(config, num_steps):
 
 
 def run_steps(config, batches, num_devices=NUM_DEVICES):
-  hyper = make_hyper(config)
+  hyper = train.make_step_config(config)
   step_fn = p_step(hyper)
   state = jax_utils.replicate(
     train.initial_state(config), devices=jax.local_devices()[:num_devices]
@@ -125,7 +122,7 @@ def test_replicas_never_diverge(data_dir, sync_batchnorm):
 
 def test_d_update_leaves_g_unchanged(data_dir):
   config = small_config(data_dir)
-  hyper = make_hyper(config)
+  hyper = train.make_step_config(config)
   state = jax_utils.replicate(train.initial_state(config))
   batch = real_batches(config, 1)[0].reshape(NUM_DEVICES, -1, 16, 16, 1)
 
@@ -193,8 +190,7 @@ def test_step_matches_textbook_reference(data_dir, num_devices):
   """
   config = small_config(data_dir)
   sgd = optax.sgd(0.1)
-  hyper = make_hyper(config)
-  hyper = train.StepConfig(**(vars(hyper) | {'g_tx': sgd, 'd_tx': sgd}))
+  hyper = dataclasses.replace(train.make_step_config(config), g_tx=sgd, d_tx=sgd)
   generator, discriminator = hyper.generator, hyper.discriminator
   state = train.create_state(
     generator,
