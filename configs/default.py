@@ -110,6 +110,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Target for real examples in D's loss; 0.9 = one-sided label smoothing
   # (Salimans et al., 2016). Paper: 1.0.
   config.real_label = 1.0
+  # An update (of D or of G) whose loss, gradients or result is not finite
+  # on some device: 'stop' the run with an error naming the steps and the
+  # last good checkpoint, or 'skip' it (that network keeps its state for the
+  # step; counts are logged as d_nonfinite / g_nonfinite, and a log interval
+  # in which every update of one network was skipped stops the run). A
+  # non-finite state is never saved either way.
+  config.nonfinite = 'stop'
   # BatchNorm statistics over the whole global batch (True, as the paper's
   # single-GPU batch of 128) or per device (False).
   config.sync_batchnorm = True

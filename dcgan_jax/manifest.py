@@ -31,6 +31,8 @@ RESUMABLE_KEYS = frozenset(
     'sample_batchnorm',
     'checkpoint_every_steps',
     'keep_checkpoints',
+    # Applies only where 'stop' would have ended the run.
+    'nonfinite',
     'data_dir',
     'download',
     'cache',

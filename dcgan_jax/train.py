@@ -49,15 +49,42 @@ class GANState(struct.PyTreeNode):
   d_opt_state: optax.OptState
 
 
+def _mean_of(name: str, mask: str):
+  """An Average of model output `name` over the steps where `mask` is true.
+
+  Without a `mask` output, every step counts.
+  """
+
+  @struct.dataclass
+  class MaskedAverage(metrics.Average):
+    @classmethod
+    def from_model_output(cls, **outputs) -> metrics.Average:
+      ok = outputs.get(mask)
+      return super().from_model_output(
+        jnp.asarray(outputs[name])[None], mask=None if ok is None else ok[None]
+      )
+
+  return MaskedAverage
+
+
 @struct.dataclass
 class TrainMetrics(metrics.Collection):
-  d_loss: metrics.Average.from_output('d_loss')
-  g_loss: metrics.Average.from_output('g_loss')
-  d_real: metrics.Average.from_output('d_real')
-  d_fake: metrics.Average.from_output('d_fake')
-  d_fake_after: metrics.Average.from_output('d_fake_after')
-  d_grad_norm: metrics.Average.from_output('d_grad_norm')
-  g_grad_norm: metrics.Average.from_output('g_grad_norm')
+  """Means over the steps since the last log.
+
+  `d_nonfinite` / `g_nonfinite` are the fraction of steps whose D / G update
+  had a non-finite loss, gradient or result. With `nonfinite='skip'` those
+  updates were not applied, and the other metrics average the applied ones.
+  """
+
+  d_loss: _mean_of('d_loss', 'd_applied')
+  g_loss: _mean_of('g_loss', 'g_applied')
+  d_real: _mean_of('d_real', 'd_applied')
+  d_fake: _mean_of('d_fake', 'd_applied')
+  d_fake_after: _mean_of('d_fake_after', 'g_applied')
+  d_grad_norm: _mean_of('d_grad_norm', 'd_applied')
+  g_grad_norm: _mean_of('g_grad_norm', 'g_applied')
+  d_nonfinite: metrics.Average.from_output('d_nonfinite')
+  g_nonfinite: metrics.Average.from_output('g_nonfinite')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +99,9 @@ class StepConfig:
   z_dist: str
   real_label: float
   sync_batchnorm: bool
+  # Leave out (rather than apply) an update whose loss, gradients or result
+  # are not finite on some device.
+  skip_nonfinite: bool = False
 
 
 def split_root_key(root_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -150,6 +180,18 @@ def _apply_d(hyper, d_params, batch_stats, x, dropout_key):
   return logits, new_vars.get('batch_stats', {})
 
 
+def _all_finite(axis_name: str, *trees: PyTree) -> jax.Array:
+  """True iff every leaf of `trees` is finite on every device."""
+  ok = jnp.array(True)
+  for leaf in jax.tree.leaves(trees):
+    ok &= jnp.isfinite(leaf).all()
+  return jax.lax.pmin(ok.astype(jnp.int32), axis_name).astype(bool)
+
+
+def _apply_if(ok: jax.Array, new: GANState, old: GANState) -> GANState:
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
 def d_update(
   state: GANState,
   images: jax.Array,
@@ -158,11 +200,13 @@ def d_update(
   *,
   hyper: StepConfig,
   axis_name: str = 'batch',
-) -> tuple[GANState, dict[str, jax.Array]]:
+) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
   """One Adam step of D on BCE(D(x), real_label) + BCE(D(fake), 0).
 
   Real and fake go through D as separate batches (separate BatchNorm
   statistics, as the paper's code). Only D's fields of the state change.
+  Also returns whether the update was finite on every device (if not, and
+  `hyper.skip_nonfinite`, D's fields are returned unchanged).
   """
 
   def loss_fn(d_params):
@@ -182,18 +226,23 @@ def d_update(
   updates, opt_state = hyper.d_tx.update(grads, state.d_opt_state, state.d_params)
   if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
     stats = jax.lax.pmean(stats, axis_name)
-  state = state.replace(
+  new_state = state.replace(
     d_params=optax.apply_updates(state.d_params, updates),
     d_batch_stats=stats,
     d_opt_state=opt_state,
   )
+  ok = _all_finite(
+    axis_name, loss, grads, new_state.d_params, stats, new_state.d_opt_state
+  )
+  if hyper.skip_nonfinite:
+    new_state = _apply_if(ok, new_state, state)
   outputs = {
     'd_loss': loss,
     'd_real': jax.nn.sigmoid(real_logits).mean(),
     'd_fake': jax.nn.sigmoid(fake_logits).mean(),
     'd_grad_norm': optax.global_norm(grads),
   }
-  return state, outputs
+  return new_state, outputs, ok
 
 
 def g_update(
@@ -205,11 +254,12 @@ def g_update(
   *,
   hyper: StepConfig,
   axis_name: str = 'batch',
-) -> tuple[GANState, dict[str, jax.Array]]:
+) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
   """One Adam step of G on the non-saturating loss BCE(D(G(z)), 1).
 
   D is the one just updated. `fake` and `g_vjp` come from G's forward pass
   at the current G parameters (`jax.vjp`), which the D update did not touch.
+  Returns the finiteness flag as `d_update` does.
   """
 
   def loss_fn(fake):
@@ -222,17 +272,22 @@ def g_update(
   updates, opt_state = hyper.g_tx.update(grads, state.g_opt_state, state.g_params)
   if not hyper.sync_batchnorm:
     g_batch_stats = jax.lax.pmean(g_batch_stats, axis_name)
-  state = state.replace(
+  new_state = state.replace(
     g_params=optax.apply_updates(state.g_params, updates),
     g_batch_stats=g_batch_stats,
     g_opt_state=opt_state,
   )
+  ok = _all_finite(
+    axis_name, loss, grads, new_state.g_params, g_batch_stats, new_state.g_opt_state
+  )
+  if hyper.skip_nonfinite:
+    new_state = _apply_if(ok, new_state, state)
   outputs = {
     'g_loss': loss,
     'd_fake_after': jax.nn.sigmoid(logits).mean(),
     'g_grad_norm': optax.global_norm(grads),
   }
-  return state, outputs
+  return new_state, outputs, ok
 
 
 def train_step(
@@ -263,10 +318,10 @@ def train_step(
     return fake, new_vars.get('batch_stats', {})
 
   fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-  state, d_out = d_update(
+  state, d_out, d_ok = d_update(
     state, images, fake, dropout_keys, hyper=hyper, axis_name=axis_name
   )
-  state, g_out = g_update(
+  state, g_out, g_ok = g_update(
     state,
     fake,
     g_vjp,
@@ -277,6 +332,12 @@ def train_step(
   )
   outputs = jax.lax.pmean(d_out | g_out, axis_name)
   state = state.replace(step=state.step + 1)
+  outputs |= {
+    'd_nonfinite': 1.0 - d_ok.astype(jnp.float32),
+    'g_nonfinite': 1.0 - g_ok.astype(jnp.float32),
+  }
+  if hyper.skip_nonfinite:  # Average the metrics of applied updates only.
+    outputs |= {'d_applied': d_ok, 'g_applied': g_ok}
   return state, TrainMetrics.single_from_model_output(**outputs)
 
 
@@ -337,6 +398,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   need(
     0.0 < config.real_label <= 1.0,
     f'real_label must be in (0, 1], got {config.real_label}.',
+  )
+  need(
+    config.nonfinite in ('stop', 'skip'),
+    f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.",
   )
   need(
     config.optimizer in ('adam', 'sgd'),
@@ -468,6 +533,7 @@ def make_step_config(
     z_dist=config.model.z_dist,
     real_label=config.real_label,
     sync_batchnorm=config.sync_batchnorm,
+    skip_nonfinite=config.nonfinite == 'skip',
   )
 
 
@@ -533,20 +599,58 @@ def make_sampler(config: ml_collections.ConfigDict):
 
 
 def _check_finite(
-  summary: dict[str, Any], first: int, last: int, last_checkpoint: int | None
+  summary: dict[str, Any],
+  first: int,
+  last: int,
+  last_checkpoint: int | None,
+  *,
+  skip: bool,
 ) -> None:
-  bad = [k for k, v in summary.items() if not np.isfinite(v)]
-  if bad:
-    if last_checkpoint is None:
-      where = 'no checkpoint was written yet; relaunching starts over'
-    else:
-      where = (
-        f'the last good checkpoint is step {last_checkpoint}, where a relaunch resumes'
+  """Raises FloatingPointError if training went non-finite in (first, last].
+
+  With `skip`, updates with non-finite values were left out: only an interval
+  in which every D or every G update was left out stops the run, and any
+  skipped update is logged as a warning.
+  """
+  if last_checkpoint is None:
+    where = 'no checkpoint was written yet; relaunching starts over'
+  else:
+    where = (
+      f'the last good checkpoint is step {last_checkpoint}, where a relaunch resumes'
+    )
+  steps = last - first + 1
+  if skip:
+    skipped = {
+      net: round(summary[f'{net.lower()}_nonfinite'] * steps) for net in ('D', 'G')
+    }
+    hopeless = [net for net, n in skipped.items() if n == steps]
+    if hopeless:
+      raise FloatingPointError(
+        f'Every {" and ".join(hopeless)} update between steps {first} and {last} '
+        f'was non-finite and skipped (config.nonfinite=skip); {where} (nothing '
+        'later was saved). Lower the learning rates or check the data scaling.'
       )
+    if any(skipped.values()):
+      logging.warning(
+        'Skipped %d D and %d G updates with non-finite values between steps %d '
+        'and %d (config.nonfinite=skip).',
+        skipped['D'],
+        skipped['G'],
+        first,
+        last,
+      )
+    return
+  bad = [k for k, v in summary.items() if not np.isfinite(v)]
+  bad += [
+    f'{net} updates'
+    for net in ('D', 'G')
+    if summary[f'{net.lower()}_nonfinite'] > 0 and f'{net.lower()}_loss' not in bad
+  ]
+  if bad:
     raise FloatingPointError(
       f'Non-finite {", ".join(bad)} between steps {first} and {last}; {where} '
       '(nothing later was saved). Lower the learning rates or check the data '
-      'scaling.'
+      'scaling, or set --config.nonfinite=skip to leave such updates out.'
     )
 
 
@@ -753,7 +857,13 @@ def train_and_evaluate(
     if step % config.log_every_steps == 0 or is_last or save_now:
       # Before any save: a non-finite state never overwrites a good checkpoint.
       summary = {k: float(v) for k, v in train_metrics.compute().items()}
-      _check_finite(summary, last_logged + 1, step, mngr.latest_step())
+      _check_finite(
+        summary,
+        last_logged + 1,
+        step,
+        mngr.latest_step(),
+        skip=hyper.skip_nonfinite,
+      )
       writer.write_scalars(step, summary | health.on_log(step, summary))
       train_metrics, last_logged = None, step
     if step % config.sample_every_steps == 0 or is_last:

@@ -102,9 +102,12 @@ def test_step_finite_losses_and_metrics(data_dir):
     'd_fake_after',
     'd_grad_norm',
     'g_grad_norm',
+    'd_nonfinite',
+    'g_nonfinite',
   }
   for name, value in summary.items():
     assert np.isfinite(value), name
+  assert summary['d_nonfinite'] == summary['g_nonfinite'] == 0.0
   for name in ('d_real', 'd_fake', 'd_fake_after'):
     assert 0.0 < summary[name] < 1.0
   assert int(state.step[0]) == 3
@@ -135,6 +138,53 @@ def test_d_update_leaves_g_unchanged(data_dir):
   for name in ('g_params', 'g_batch_stats', 'g_opt_state', 'step'):
     assert leaves_equal(getattr(new, name), getattr(state, name)), name
   assert not leaves_equal(new.d_params, state.d_params)
+
+
+@pytest.mark.parametrize('nonfinite', ['stop', 'skip'])
+def test_a_non_finite_d_update_is_skipped_or_reported(data_dir, nonfinite):
+  config = small_config(data_dir, nonfinite=nonfinite)
+  batches = [input_pipeline.scale_images(b) for b in real_batches(config, 3)]
+  batches[1][0, 0, 0, 0] = np.nan  # Step 2: one pixel, on device 0 only.
+  hyper = train.make_step_config(config)
+  step_fn = p_step(hyper)
+  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  state = jax_utils.replicate(train.initial_state(config))
+  states, step_metrics = [state], []
+  for batch in batches:
+    state, m = step_fn(
+      state, batch.reshape(NUM_DEVICES, -1, *batch.shape[1:]), train_key
+    )
+    states.append(state)
+    step_metrics.append(m.unreplicate())
+  assert step_metrics[0].compute()['d_nonfinite'] == 0.0
+  assert step_metrics[1].compute()['d_nonfinite'] == 1.0  # Every device agrees.
+  host = jax.device_get(states[-1])
+  for leaf in jax.tree.leaves(host):  # Replicas stay identical either way.
+    np.testing.assert_array_equal(leaf[0], leaf[-1])
+  if nonfinite == 'skip':
+    assert step_metrics[1].compute()['g_nonfinite'] == 0.0
+    for name in ('d_params', 'd_batch_stats', 'd_opt_state'):
+      assert leaves_equal(getattr(states[2], name), getattr(states[1], name)), name
+    assert not leaves_equal(states[2].g_params, states[1].g_params)
+    assert not leaves_equal(states[3].d_params, states[2].d_params)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(host))
+    assert int(host.step[0]) == 3
+    # Logged over steps 2-3: the means of the applied updates, half skipped.
+    summary = step_metrics[1].merge(step_metrics[2]).compute()
+    assert summary['d_nonfinite'] == 0.5
+    assert summary['d_loss'] == step_metrics[2].compute()['d_loss']
+    assert all(np.isfinite(v) for v in summary.values())
+  else:
+    assert not np.isfinite(step_metrics[1].compute()['d_loss'])
+    assert not all(np.isfinite(x).all() for x in jax.tree.leaves(host.d_params))
+
+
+def test_skip_mode_is_bitwise_the_default_when_all_is_finite(data_dir):
+  config = small_config(data_dir)
+  batches = real_batches(config, 3)
+  stop, _ = run_steps(config, batches)
+  skip, _ = run_steps(small_config(data_dir, nonfinite='skip'), batches)
+  assert leaves_equal(jax.device_get(stop), jax.device_get(skip))
 
 
 def reference_step(config, state, images, train_key, tx):
@@ -247,8 +297,8 @@ def test_same_seed_same_state_and_resume_matches(data_dir, tmp_path):
   a, b = checkpoint_leaves(tmp_path / 'a'), checkpoint_leaves(tmp_path / 'b')
   assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
   metrics_a, metrics_b = logged_metrics(tmp_path / 'a'), logged_metrics(tmp_path / 'b')
-  # Logged at steps 2, 4, 6 and at the checkpoint at 3: 4 x 7 metrics.
-  assert len(metrics_a) == 4 * 7
+  # Logged at steps 2, 4, 6 and at the checkpoint at 3: 4 x 9 metrics.
+  assert len(metrics_a) == 4 * 9
   assert metrics_a == metrics_b
 
   # Stop after 3 steps, then relaunch the same config on the same workdir.
@@ -334,7 +384,16 @@ def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
     train.train_and_evaluate(small_config(data_dir), str(blocker / 'run'))
 
 
-def test_divergence_stops_before_saving_a_non_finite_state(data_dir, tmp_path):
+@pytest.mark.parametrize(
+  'nonfinite, message',
+  [
+    ('stop', 'Non-finite .* between steps 4 and 4'),
+    ('skip', 'Every G update between steps 4 and 4 was non-finite and skipped'),
+  ],
+)
+def test_divergence_stops_before_saving_a_non_finite_state(
+  data_dir, tmp_path, nonfinite, message
+):
   train.train_and_evaluate(small_config(data_dir, num_train_steps=3), str(tmp_path))
   config = small_config(
     data_dir,
@@ -342,8 +401,9 @@ def test_divergence_stops_before_saving_a_non_finite_state(data_dir, tmp_path):
     d_learning_rate=1e30,
     checkpoint_every_steps=1,
     log_every_steps=100,
+    nonfinite=nonfinite,
   )
-  with pytest.raises(FloatingPointError, match='between steps 4 and 4') as error:
+  with pytest.raises(FloatingPointError, match=message) as error:
     train.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
   assert 'the last good checkpoint is step 3' in str(error.value)
   saved = train.restore_latest(str(tmp_path), config)
