@@ -25,11 +25,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dcgan_jax import strided
+
 ARCHS = ('dcgan', 'tf_tutorial', 'conv28', 'mlp')
 Z_DISTS = ('uniform', 'normal')
 UPSAMPLES = ('transpose', 'resize_conv')
 RESIZE_METHODS = ('nearest', 'bilinear')
 KERNEL_SIZES = (4, 5)
+CONV_IMPLS = ('auto', 'phases', 'xla')
 NUM_CHANNELS = (1, 3)
 DCGAN_IMAGE_SIZES = (16, 32, 64, 128)
 
@@ -47,6 +50,9 @@ class LayerSettings:
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
   leaky_slope: float = 0.2
+  # 'phases': stride-2 layers from `dcgan_jax.strided` (fast on CPU);
+  # 'xla': nn.Conv / nn.ConvTranspose. Same parameters, same function.
+  conv_impl: str = 'phases'
 
   @property
   def kernel_init(self) -> Callable[..., jax.Array]:
@@ -69,6 +75,10 @@ class LayerSettings:
     name: str,
   ) -> nn.Conv:
     """A square-kernel convolution with the shared initialisers."""
+    if strides == 2 and padding == 'SAME' and self.conv_impl == 'phases':
+      return strided.StridedConv(
+        features, kernel, use_bias=use_bias, kernel_init=self.kernel_init, name=name
+      )
     return nn.Conv(
       features,
       (kernel, kernel),
@@ -92,11 +102,9 @@ class LayerSettings:
     """A square-kernel transposed convolution with the shared initialisers.
 
     With padding 'SAME' the output is exactly `strides` times the input.
-    Stride 2 'SAME' (every upsampling layer here) uses `StridedTransposeConv`,
-    the same function and parameters computed without input dilation.
     """
-    if strides == 2 and padding == 'SAME':
-      return StridedTransposeConv(
+    if strides == 2 and padding == 'SAME' and self.conv_impl == 'phases':
+      return strided.StridedTransposeConv(
         features, kernel, use_bias=use_bias, kernel_init=self.kernel_init, name=name
       )
     return nn.ConvTranspose(
@@ -128,67 +136,6 @@ class LayerSettings:
   def leaky_relu(self, x: jax.Array) -> jax.Array:
     """LeakyReLU with the configured negative slope."""
     return nn.leaky_relu(x, negative_slope=self.leaky_slope)
-
-
-def _transpose_phase_taps(kernel: int, pad_a: int):
-  """Per output phase r (0, 1): the kernel taps that reach it, in order, and
-  the input offset of the first one (consecutive taps read consecutive inputs).
-
-  Output o = 2q + r of a stride-2 transposed conv over a zero-dilated input
-  padded by `pad_a` in front reads input q + (r + t - pad_a) / 2 through tap t
-  whenever that is an integer.
-  """
-  phases = []
-  for r in range(2):
-    taps = [t for t in range(kernel) if (r + t - pad_a) % 2 == 0]
-    phases.append((np.array(taps), (r + taps[0] - pad_a) // 2))
-  return phases
-
-
-class StridedTransposeConv(nn.Module):
-  """`nn.ConvTranspose(strides=2, padding='SAME')`, without input dilation.
-
-  A fractionally-strided convolution computed as four stride-1 convolutions,
-  one per output phase (even/odd row x even/odd column), whose outputs are
-  interleaved. Same parameters ('kernel' [k, k, in, out], 'bias'), same
-  result up to float round-off, none of the multiplications by inserted
-  zeros; and its gradients are plain convolutions, which XLA runs far faster
-  on CPU than the dilated ones of `lax.conv_transpose`.
-  """
-
-  features: int
-  kernel_size: int
-  use_bias: bool = True
-  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    # lax.conv_transpose's 'SAME' front padding of the dilated input.
-    pad_a = k - 1 if k < 3 else (k + 1) // 2
-    phases = _transpose_phase_taps(k, pad_a)
-    rows = []
-    for taps_h, first_h in phases:
-      cols = []
-      for taps_w, first_w in phases:
-        sub = kernel[taps_h][:, taps_w]
-        pad = [
-          (-first_h, first_h + len(taps_h) - 1),
-          (-first_w, first_w + len(taps_w) - 1),
-        ]
-        cols.append(
-          jax.lax.conv_general_dilated(
-            x, sub, (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
-          )
-        )
-      rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2, C]
-    y = jnp.stack(rows, axis=2)  # [B, H, 2, W, 2, C]
-    b, h, _, w, _, c = y.shape
-    y = y.reshape(b, 2 * h, 2 * w, c)
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
-    return y
 
 
 def _maybe_bn(
@@ -480,6 +427,14 @@ def _check_config(
     raise ValueError(f"arch='mlp' needs image_size >= 8, got {image_size}.")
 
 
+def resolve_conv_impl(conv_impl: str) -> str:
+  """'auto' -> 'phases' on CPU (where it is several times faster), else 'xla'."""
+  _check_choice('model.conv_impl', conv_impl, CONV_IMPLS)
+  if conv_impl == 'auto':
+    return 'phases' if jax.default_backend() == 'cpu' else 'xla'
+  return conv_impl
+
+
 def create_models(
   model_config: ml_collections.ConfigDict,
   *,
@@ -502,6 +457,7 @@ def create_models(
     bn_epsilon=cfg.bn_epsilon,
     bn_axis_name=bn_axis_name,
     leaky_slope=cfg.leaky_slope,
+    conv_impl=resolve_conv_impl(cfg.conv_impl),
   )
   g_bn, d_bn, c = cfg.g_batchnorm, cfg.d_batchnorm, num_channels
   if cfg.arch == 'dcgan':

@@ -1,0 +1,136 @@
+"""Times the training step of a config on this machine's default backend.
+
+  python benchmarks/train_step.py --config=benchmarks/torch_reference.py
+  python benchmarks/train_step.py --config=configs/digits.py --steps=50
+
+It builds exactly the step `launch.py` runs (pmap over the local devices,
+donated state), feeds it a fixed batch already on the devices, and prints one
+line:
+
+  dcgan_jax images_per_s=... step_s=... gflop_per_step=... gflop_per_s=...
+      compile_s=... peak_mem_mb=... backend=... devices=... batch=... ...
+
+gflop_per_step counts the convolutions and matrix products of the
+architecture (`dcgan_jax.flops`: 3 F_G + 8 F_D); gflop_per_s divides it by
+the step time. peak_mem_mb is the device's peak where the backend reports it
+(GPU, TPU), otherwise XLA's buffer plan for the step (arguments + outputs +
+temporaries). Only the step is timed: the input pipeline has its own
+benchmark (`benchmarks/input_pipeline.py`).
+"""
+
+import functools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import jax_utils  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dcgan_jax import flops, models, train  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+flags.DEFINE_integer('steps', 10, 'Timed steps (after the warm-up).')
+flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
+flags.mark_flags_as_required(['config'])
+
+
+def _peak_memory_mb(compiled) -> float:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20
+  mem = compiled.memory_analysis()
+  planned = (
+    mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+  )
+  return planned / 2**20
+
+
+def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
+  train.validate_config(config, jax.local_device_count())
+  n = jax.local_device_count()
+  size, channels = config.image_size, config.num_channels
+  hyper = train.make_step_config(
+    config, bn_axis_name='batch' if config.sync_batchnorm else None
+  )
+  p_step = jax.pmap(
+    functools.partial(train.train_step, hyper=hyper),
+    axis_name='batch',
+    in_axes=(0, 0, None),
+    donate_argnums=(0,),
+  )
+  init = train.initial_state(config)
+  # The architecture's FLOPs: counted on flax's own layers, whatever
+  # config.model.conv_impl computes them with.
+  plain = config.model.copy_and_resolve_references()
+  plain.conv_impl = 'xla'
+  generator, discriminator = models.create_models(
+    plain, image_size=size, num_channels=channels
+  )
+  f_g, f_d = flops.model_flops(
+    generator,
+    discriminator,
+    {'params': init.g_params, 'batch_stats': init.g_batch_stats},
+    {'params': init.d_params, 'batch_stats': init.d_batch_stats},
+    config.global_batch_size,
+    config.model.z_dim,
+  )
+  step_flops = flops.train_step_flops(f_g, f_d)
+  state = jax_utils.replicate(init)
+  rng = np.random.default_rng(0)
+  local_batch = config.global_batch_size // n
+  images = rng.uniform(-1, 1, (n, local_batch, size, size, channels))
+  # Put on the devices as the training loop's prefetch does.
+  images = next(jax_utils.prefetch_to_device(iter([images.astype(np.float32)]), 1))
+  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+
+  t0 = time.perf_counter()
+  compiled = p_step.lower(state, images, train_key).compile()
+  compile_s = time.perf_counter() - t0
+
+  for _ in range(warmup):
+    state, _ = compiled(state, images, train_key)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, step_metrics = compiled(state, images, train_key)
+  jax.block_until_ready((state, step_metrics))
+  step_s = (time.perf_counter() - t0) / steps
+
+  return {
+    'images_per_s': config.global_batch_size / step_s,
+    'step_s': step_s,
+    'gflop_per_step': step_flops / 1e9,
+    'gflop_per_s': step_flops / step_s / 1e9,
+    'compile_s': compile_s,
+    'peak_mem_mb': _peak_memory_mb(compiled),
+    'backend': jax.default_backend(),
+    'device': jax.local_devices()[0].device_kind.replace(' ', '_'),
+    'devices': n,
+    'batch': config.global_batch_size,
+    'image_size': size,
+    'arch': config.model.arch,
+    'g_width': config.model.g_width,
+    'd_width': config.model.d_width,
+    'kernel': config.model.kernel_size,
+    'conv_impl': models.resolve_conv_impl(config.model.conv_impl),
+  }
+
+
+def main(argv):
+  del argv
+  result = benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)
+  fields = ' '.join(
+    f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in result.items()
+  )
+  print(f'dcgan_jax {fields}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
