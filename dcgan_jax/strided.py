@@ -211,43 +211,42 @@ conv_transpose2d_stride2.defvjp(_transpose_fwd, _transpose_bwd)
 # --- Flax modules with nn.Conv / nn.ConvTranspose's parameters -------------
 
 
-class StridedConv(nn.Module):
+class _Stride2Layer(nn.Module):
+  """A stride-2 layer with nn.Conv's parameters: 'kernel' [k, k, in, out], 'bias'."""
+
+  features: int
+  kernel_size: int
+  use_bias: bool = True
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+  def _apply_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
+    y = self._apply_kernel(x, kernel)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return y
+
+
+class StridedConv(_Stride2Layer):
   """`nn.Conv(features, (k, k), strides=2, padding='SAME')`, fast gradients."""
 
-  features: int
-  kernel_size: int
-  use_bias: bool = True
-  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    y = conv2d_stride2(x, kernel, k)
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
-    return y
+  def _apply_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return conv2d_stride2(x, kernel, self.kernel_size)
 
 
-class StridedTransposeConv(nn.Module):
+class StridedTransposeConv(_Stride2Layer):
   """`nn.ConvTranspose(features, (k, k), strides=2, padding='SAME')`.
 
-  The output is exactly twice the input in height and width. Computed as
-  four stride-1 convolutions, one per output phase, whose outputs are
-  interleaved; the gradients are a stride-2 convolution and one matrix
-  product per kernel tap.
+  The output is exactly twice the input in height and width. Computed as a
+  sub-pixel stride-1 convolution (four phase convolutions for odd kernels);
+  the gradients are a stride-2 convolution and one matrix product per
+  kernel tap.
   """
 
-  features: int
-  kernel_size: int
-  use_bias: bool = True
-  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    y = conv_transpose2d_stride2(x, kernel, k)
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
-    return y
+  def _apply_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return conv_transpose2d_stride2(x, kernel, self.kernel_size)
