@@ -457,7 +457,8 @@ def create_models(
     bn_epsilon=cfg.bn_epsilon,
     bn_axis_name=bn_axis_name,
     leaky_slope=cfg.leaky_slope,
-    conv_impl=resolve_conv_impl(cfg.conv_impl),
+    # .get: workdirs written before model.conv_impl existed still load.
+    conv_impl=resolve_conv_impl(cfg.get('conv_impl', 'auto')),
   )
   g_bn, d_bn, c = cfg.g_batchnorm, cfg.d_batchnorm, num_channels
   if cfg.arch == 'dcgan':
