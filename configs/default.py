@@ -88,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   # 'xla': flax's nn.Conv / nn.ConvTranspose; 'auto': 'phases' on CPU,
   # 'xla' on GPU/TPU.
   config.model.conv_impl = 'auto'
+  # 'bfloat16': mixed precision; convolutions, matrix products and
+  # activations in bfloat16, while parameters, optimizer state, BatchNorm
+  # statistics (and their reductions), G's tanh output, D's logits and the
+  # losses stay float32. For GPUs and TPUs; 'float32' is the paper's.
+  config.model.compute_dtype = 'float32'
   # BatchNorm running-average momentum (PyTorch's 0.1 = Flax's 0.9) and eps.
   config.model.bn_momentum = 0.9
   config.model.bn_epsilon = 1e-5

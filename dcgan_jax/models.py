@@ -33,6 +33,7 @@ UPSAMPLES = ('transpose', 'resize_conv')
 RESIZE_METHODS = ('nearest', 'bilinear')
 KERNEL_SIZES = (4, 5)
 CONV_IMPLS = ('auto', 'phases', 'xla')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 NUM_CHANNELS = (1, 3)
 DCGAN_IMAGE_SIZES = (16, 32, 64, 128)
 
@@ -53,6 +54,9 @@ class LayerSettings:
   # 'phases': stride-2 layers from `dcgan_jax.strided` (fast on CPU);
   # 'xla': nn.Conv / nn.ConvTranspose. Same parameters, same function.
   conv_impl: str = 'phases'
+  # Dtype of the convolutions and matrix products ('bfloat16': mixed
+  # precision). Parameters and BatchNorm statistics are always float32.
+  dtype: Any = jnp.float32
 
   @property
   def kernel_init(self) -> Callable[..., jax.Array]:
@@ -61,7 +65,11 @@ class LayerSettings:
   def dense(self, features: int, *, use_bias: bool = True, name: str) -> nn.Dense:
     """A Dense layer with the shared initialisers."""
     return nn.Dense(
-      features, use_bias=use_bias, kernel_init=self.kernel_init, name=name
+      features,
+      use_bias=use_bias,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      name=name,
     )
 
   def conv(
@@ -77,7 +85,12 @@ class LayerSettings:
     """A square-kernel convolution with the shared initialisers."""
     if strides == 2 and padding == 'SAME' and self.conv_impl == 'phases':
       return strided.StridedConv(
-        features, kernel, use_bias=use_bias, kernel_init=self.kernel_init, name=name
+        features,
+        kernel,
+        use_bias=use_bias,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        name=name,
       )
     return nn.Conv(
       features,
@@ -86,6 +99,7 @@ class LayerSettings:
       padding=padding,
       use_bias=use_bias,
       kernel_init=self.kernel_init,
+      dtype=self.dtype,
       name=name,
     )
 
@@ -105,7 +119,12 @@ class LayerSettings:
     """
     if strides == 2 and padding == 'SAME' and self.conv_impl == 'phases':
       return strided.StridedTransposeConv(
-        features, kernel, use_bias=use_bias, kernel_init=self.kernel_init, name=name
+        features,
+        kernel,
+        use_bias=use_bias,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        name=name,
       )
     return nn.ConvTranspose(
       features,
@@ -114,6 +133,7 @@ class LayerSettings:
       padding=padding,
       use_bias=use_bias,
       kernel_init=self.kernel_init,
+      dtype=self.dtype,
       name=name,
     )
 
@@ -130,6 +150,7 @@ class LayerSettings:
       epsilon=self.bn_epsilon,
       axis_name=self.bn_axis_name,
       scale_init=scale_init,
+      dtype=self.dtype,  # Statistics are reduced in float32 regardless.
       name=name,
     )
 
@@ -193,7 +214,7 @@ class DCGANGenerator(nn.Module):
       x = self._upsample(x, ch, use_bias=not bn, name=f'up_{i}')
       x = nn.relu(_maybe_bn(x, self.layers, bn, train, f'up_{i}_bn'))
     x = self._upsample(x, self.num_channels, use_bias=True, name='out')
-    return jnp.tanh(x)
+    return jnp.tanh(x.astype(jnp.float32))
 
   def _upsample(
     self, x: jax.Array, features: int, *, use_bias: bool, name: str
@@ -271,7 +292,7 @@ class TFTutorialGenerator(nn.Module):
     out = lyr.conv_transpose(
       self.num_channels, 5, strides=2, use_bias=False, name='out'
     )
-    return jnp.tanh(out(x))
+    return jnp.tanh(out(x).astype(jnp.float32))
 
 
 class TFTutorialDiscriminator(nn.Module):
@@ -319,7 +340,7 @@ class Conv28Generator(nn.Module):
     x = lyr.conv_transpose(128, 5, strides=2, use_bias=not bn, name='up_1')(x)
     x = nn.relu(_maybe_bn(x, lyr, bn, train, 'up_1_bn'))
     x = lyr.conv_transpose(self.num_channels, 5, strides=2, name='out')(x)
-    return jnp.tanh(x)
+    return jnp.tanh(x.astype(jnp.float32))
 
 
 class Conv28Discriminator(nn.Module):
@@ -360,7 +381,7 @@ class MLPGenerator(nn.Module):
     del train  # No BatchNorm or dropout.
     size, ch = self.image_size, self.num_channels
     x = nn.relu(self.layers.dense(self.hidden, name='hidden')(z))
-    x = jnp.tanh(self.layers.dense(size * size * ch, name='out')(x))
+    x = jnp.tanh(self.layers.dense(size * size * ch, name='out')(x).astype(jnp.float32))
     return x.reshape(z.shape[0], size, size, ch)
 
 
@@ -415,6 +436,9 @@ def _check_config(
 ) -> None:
   """Raises ValueError for combinations no architecture supports."""
   _check_choice('model.arch', cfg.arch, ARCHS)
+  _check_choice(
+    'model.compute_dtype', cfg.get('compute_dtype', 'float32'), COMPUTE_DTYPES
+  )
   _check_choice('num_channels', num_channels, NUM_CHANNELS)
   if cfg.arch == 'dcgan':
     _check_dcgan(cfg, image_size)
@@ -457,8 +481,9 @@ def create_models(
     bn_epsilon=cfg.bn_epsilon,
     bn_axis_name=bn_axis_name,
     leaky_slope=cfg.leaky_slope,
-    # .get: workdirs written before model.conv_impl existed still load.
+    # .get: workdirs written before these keys existed still load.
     conv_impl=resolve_conv_impl(cfg.get('conv_impl', 'auto')),
+    dtype=jnp.dtype(cfg.get('compute_dtype', 'float32')),
   )
   g_bn, d_bn, c = cfg.g_batchnorm, cfg.d_batchnorm, num_channels
   if cfg.arch == 'dcgan':

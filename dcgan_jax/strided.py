@@ -25,6 +25,7 @@ resolution the models use. Parameters keep Flax's layout ([k, k, in, out]).
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -218,6 +219,7 @@ class _Stride2Layer(nn.Module):
   kernel_size: int
   use_bias: bool = True
   kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32  # Of the computation; parameters are float32.
 
   def _apply_kernel(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
     raise NotImplementedError
@@ -226,9 +228,10 @@ class _Stride2Layer(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    y = self._apply_kernel(x, kernel)
+    y = self._apply_kernel(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+      bias = self.param('bias', nn.initializers.zeros, (self.features,))
+      y = y + bias.astype(self.dtype)
     return y
 
 

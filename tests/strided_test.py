@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from dcgan_jax import flops, models, strided
+from dcgan_jax import flops, models, strided, train
 
 TOLERANCE = 1e-5  # Relative to the largest magnitude of each compared array.
 
@@ -176,3 +176,50 @@ def test_flop_count_of_the_reference_model():
   )
   assert (f_g, f_d) == (hand_g, hand_d)
   assert flops.train_step_flops(f_g, f_d) == 3 * hand_g + 8 * hand_d
+
+
+@pytest.mark.parametrize('conv_impl', ['phases', 'xla'])
+def test_bfloat16_compute_keeps_float32_state(conv_impl):
+  config = default.get_config()
+  config.image_size, config.num_channels = 16, 3
+  config.model.g_width, config.model.d_width = 32, 8
+  config.model.kernel_size, config.model.conv_impl = 4, conv_impl
+  config.global_batch_size = 8
+  outputs = {}
+  for dtype in ('float32', 'bfloat16'):
+    config.model.compute_dtype = dtype
+    state = train.initial_state(config)
+    for leaf in jax.tree.leaves(state):
+      assert leaf.dtype in (jnp.float32, jnp.int32), dtype
+    g, d = models.create_models(config.model, image_size=16, num_channels=3)
+    z = models.sample_z(jax.random.key(0), 8, config.model.z_dim, 'uniform')
+    fake, g_stats = g.apply(
+      {'params': state.g_params, 'batch_stats': state.g_batch_stats},
+      z,
+      train=True,
+      mutable=['batch_stats'],
+    )
+    logits, d_stats = d.apply(
+      {'params': state.d_params, 'batch_stats': state.d_batch_stats},
+      fake,
+      train=True,
+      mutable=['batch_stats'],
+    )
+
+    def d_mean(params, d=d, stats=state.d_batch_stats, images=fake):
+      return d.apply(
+        {'params': params, 'batch_stats': stats},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+      )[0].mean()
+
+    grads = jax.grad(d_mean)(state.d_params)
+    assert fake.dtype == logits.dtype == jnp.float32
+    for leaf in jax.tree.leaves((g_stats, d_stats, grads)):
+      assert leaf.dtype == jnp.float32
+    outputs[dtype] = (fake, logits)
+  # bfloat16 keeps 8 bits of mantissa: close to float32, not equal.
+  for got, want in zip(outputs['bfloat16'], outputs['float32'], strict=True):
+    assert not np.array_equal(got, want)
+    np.testing.assert_allclose(got, want, atol=0.05)
