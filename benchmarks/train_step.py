@@ -14,11 +14,11 @@ gflop_per_step counts the convolutions and matrix products of the
 architecture (`dcgan_jax.flops`: 3 F_G + 8 F_D); gflop_per_s divides it by
 the step time. peak_mem_mb is the device's peak where the backend reports it
 (GPU, TPU), otherwise XLA's buffer plan for the step (arguments + outputs +
-temporaries). Only the step is timed: the input pipeline has its own
+temporaries). With --config.num_seeds=K the step trains K GANs, and
+images/s and FLOPs count all of them. Only the step is timed: the input pipeline has its own
 benchmark (`benchmarks/input_pipeline.py`).
 """
 
-import functools
 import os
 import sys
 import time
@@ -59,13 +59,15 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
   hyper = train.make_step_config(
     config, bn_axis_name='batch' if config.sync_batchnorm else None
   )
+  members = train.seed_members(config, '')
   p_step = jax.pmap(
-    functools.partial(train.train_step, hyper=hyper),
+    train.make_ensemble_step(hyper, len(members), config.ensemble),
     axis_name='batch',
     in_axes=(0, 0, None),
     donate_argnums=(0,),
   )
-  init = train.initial_state(config)
+  inits = [train.initial_state(c) for c, _ in members]
+  init = inits[0]
   # The architecture's FLOPs: counted on flax's own layers, whatever
   # config.model.conv_impl computes them with.
   plain = config.model.copy_and_resolve_references()
@@ -81,14 +83,16 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
     config.global_batch_size,
     config.model.z_dim,
   )
-  step_flops = flops.train_step_flops(f_g, f_d)
-  state = jax_utils.replicate(init)
+  step_flops = flops.train_step_flops(f_g, f_d) * len(members)
+  state = jax_utils.replicate(jax.tree.map(lambda *xs: np.stack(xs), *inits))
   rng = np.random.default_rng(0)
   local_batch = config.global_batch_size // n
-  images = rng.uniform(-1, 1, (n, local_batch, size, size, channels))
+  images = rng.uniform(-1, 1, (n, len(members), local_batch, size, size, channels))
   # Put on the devices as the training loop's prefetch does.
   images = next(jax_utils.prefetch_to_device(iter([images.astype(np.float32)]), 1))
-  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  train_key = jax.numpy.stack(
+    [train.split_root_key(jax.random.key(c.seed))[1] for c, _ in members]
+  )
 
   t0 = time.perf_counter()
   compiled = p_step.lower(state, images, train_key).compile()
@@ -104,7 +108,7 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
   step_s = (time.perf_counter() - t0) / steps
 
   return {
-    'images_per_s': config.global_batch_size / step_s,
+    'images_per_s': len(members) * config.global_batch_size / step_s,
     'step_s': step_s,
     'gflop_per_step': step_flops / 1e9,
     'gflop_per_s': step_flops / step_s / 1e9,
@@ -120,6 +124,8 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
     'd_width': config.model.d_width,
     'kernel': config.model.kernel_size,
     'conv_impl': models.resolve_conv_impl(config.model.conv_impl),
+    'seeds': len(members),
+    'ensemble': config.ensemble,
   }
 
 

@@ -19,6 +19,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Root of every PRNG key (init, per-step noise, sample z) and of the data
   # order. Same seed + same config = same numbers.
   config.seed = 0
+  # Train K GANs at once, with seeds seed, seed + 1, ..., seed + K - 1, in
+  # one compiled program. Each gets its own WORKDIR/seed_<s>/ (checkpoints,
+  # TensorBoard logs, samples, config): the workdir its single-seed run
+  # would have.
+  config.num_seeds = 1
+  # How the K GANs share the program: 'unroll' (each one's arithmetic is
+  # exactly its single-seed run's: bitwise identical on CPU) or 'vmap' (one
+  # batched op per layer for all seeds; equal up to float round-off).
+  config.ensemble = 'unroll'
 
   # --- Data --------------------------------------------------------------
   # A TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom',

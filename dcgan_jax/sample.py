@@ -81,6 +81,12 @@ def sample_from_workdir(
   from dcgan_jax import models, train  # Deferred: keeps `make_grid` light.
 
   config = train.load_config(workdir)
+  if config.get('num_seeds', 1) > 1:
+    members = ', '.join(wd for _, wd in train.seed_members(config, workdir))
+    raise FileNotFoundError(
+      f'{workdir} holds {config.num_seeds} GANs (num_seeds); sample one of '
+      f'them with --workdir set to one of: {members}.'
+    )
   generator, _ = models.create_models(
     config.model,
     image_size=config.image_size,

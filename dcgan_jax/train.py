@@ -377,6 +377,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     f'of the {num_devices} devices; set --config.global_batch_size to one.',
   )
   need(config.num_train_steps > 0, 'num_train_steps must be positive.')
+  need(config.num_seeds >= 1, f'num_seeds must be >= 1 (got {config.num_seeds}).')
+  need(
+    config.ensemble in ('unroll', 'vmap'),
+    f"ensemble must be 'unroll' or 'vmap', got {config.ensemble!r}.",
+  )
   try:  # Architecture, image size, channels, kernel, upsampling, z.
     models.create_models(
       config.model, image_size=config.image_size, num_channels=config.num_channels
@@ -475,12 +480,15 @@ def initial_state(config: ml_collections.ConfigDict) -> GANState:
   )
 
 
-def restore_latest(workdir: str, config: ml_collections.ConfigDict) -> GANState | None:
-  """The latest checkpointed state in `workdir` (host arrays), or None."""
+def restore_latest(
+  workdir: str, config: ml_collections.ConfigDict, *, step: int | None = None
+) -> GANState | None:
+  """The latest (or `step`'s) checkpointed state in `workdir` as host arrays;
+  None if there is no checkpoint."""
   if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
     return None
   with checkpoint_manager(workdir, read_only=True) as mngr:
-    step = mngr.latest_step()
+    step = mngr.latest_step() if step is None else step
     if step is None:
       return None
     # Host (numpy) arrays: every process reads the whole, replicated state.
@@ -579,7 +587,7 @@ def _load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
 
 
 def make_sampler(config: ml_collections.ConfigDict):
-  """state (replicated) -> uint8 samples G(z) [N, H, W, C] for the run's fixed z."""
+  """G's variables -> uint8 samples G(z) [N, H, W, C] for the run's fixed z."""
   generator, _ = models.create_models(
     config.model, image_size=config.image_size, num_channels=config.num_channels
   )
@@ -591,9 +599,8 @@ def make_sampler(config: ml_collections.ConfigDict):
     functools.partial(sample.generate, generator, batchnorm=config.sample_batchnorm)
   )
 
-  def images(state: GANState) -> np.ndarray:
-    variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-    return sample.to_uint8(generate(unreplicate(variables), z))
+  def images(variables: dict[str, PyTree]) -> np.ndarray:
+    return sample.to_uint8(generate(variables, z))
 
   return images
 
@@ -699,9 +706,11 @@ def _check_resume(
   """Refuses to resume a run whose trajectory-shaping config changed."""
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     return
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+  old = load_config(workdir)
+  trained = [os.path.join(wd, CHECKPOINT_DIR) for _, wd in seed_members(old, workdir)]
+  if not any(os.path.isdir(path) for path in trained):
     return  # Nothing trained yet: the new config simply starts over.
-  changes = manifest.trajectory_changes(load_config(workdir), config)
+  changes = manifest.trajectory_changes(old, config)
   if changes and not allow_config_change:
     raise ConfigChangeError(
       f'{workdir} holds a run with another config; resuming it with this one '
@@ -758,95 +767,195 @@ def _make_workdir(workdir: str) -> None:
     ) from e
 
 
+def seed_members(
+  config: ml_collections.ConfigDict, workdir: str
+) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, workdir) of every GAN a launch trains.
+
+  One seed: the run itself. `num_seeds=K > 1`: seeds seed, ..., seed + K - 1,
+  each in WORKDIR/seed_<s> with its own config (`seed=s`, `num_seeds=1`), so
+  each member directory is exactly the workdir of a single-seed run.
+  """
+  if config.get('num_seeds', 1) == 1:
+    return [(config, workdir)]
+  members = []
+  for k in range(config.num_seeds):
+    member = config.copy_and_resolve_references()
+    member.seed, member.num_seeds = config.seed + k, 1
+    members.append((member, os.path.join(workdir, f'seed_{member.seed}')))
+  return members
+
+
+def make_ensemble_step(hyper: StepConfig, num_seeds: int, ensemble: str):
+  """train_step for K stacked GANs: (states, images, train_keys) -> (states, metrics).
+
+  Every leaf has a leading seed axis of size K. 'unroll' traces the step K
+  times into one program: each GAN's arithmetic is exactly its single-seed
+  run's. 'vmap' batches the K GANs through every operation (grouped
+  convolutions): one op per layer for all seeds, results equal to the
+  single-seed runs up to float round-off.
+  """
+  step = functools.partial(train_step, hyper=hyper)
+  if ensemble == 'vmap':
+    return jax.vmap(step)
+
+  def unrolled(states, images, train_keys):
+    outputs = [
+      step(jax.tree.map(lambda x, k=k: x[k], states), images[k], train_keys[k])
+      for k in range(num_seeds)
+    ]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+  return unrolled
+
+
+def _restore_members(members, mngrs) -> list[GANState | None]:
+  """Each member's state at the latest step all members saved.
+
+  A kill between the members' saves leaves some of them one save ahead;
+  those newer checkpoints are dropped so that the ensemble stays in step.
+  """
+  steps = [set(m.all_steps()) for m in mngrs]
+  if not any(steps):
+    return [None] * len(members)
+  common = set.intersection(*steps)
+  step = max(common) if common else None
+  for (_, workdir), mngr, mine in zip(members, mngrs, steps, strict=True):
+    for newer in sorted(s for s in mine if step is None or s > step):
+      logging.warning(
+        'Dropping checkpoint %d of %s: not all seeds reached it.', newer, workdir
+      )
+      if jax.process_index() == 0:
+        mngr.delete(newer)
+  if step is None:
+    return [None] * len(members)
+  return [restore_latest(wd, c, step=step) for c, wd in members]
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
-) -> GANState:
+) -> GANState | list[GANState]:
   """Trains (or resumes) in `workdir` until `config.num_train_steps`.
 
   Resuming refuses a config or data set that would change the trajectory
-  unless `allow_config_change`.
+  unless `allow_config_change`. With `num_seeds=K > 1`, trains K GANs in
+  one program (see `seed_members`) and returns their K states.
   """
   validate_config(config, jax.device_count())
   workdir = os.path.abspath(workdir)
+  members = seed_members(config, workdir)
   _check_resume(config, workdir, allow_config_change=allow_config_change)
   is_chief = jax.process_index() == 0
   if is_chief:
     _make_workdir(workdir)
+    for _, member_dir in members:
+      _make_workdir(member_dir)
   images = load_data(config, workdir)
 
   hyper = make_step_config(
     config, bn_axis_name='batch' if config.sync_batchnorm else None
   )
   p_train_step = jax.pmap(
-    functools.partial(train_step, hyper=hyper),
+    make_ensemble_step(hyper, len(members), config.ensemble),
     axis_name='batch',
     in_axes=(0, 0, None),
     donate_argnums=(0,),
   )
-  train_key = split_root_key(jax.random.key(config.seed))[1]
-  sample_images = make_sampler(config)
-  health = monitors.GANMonitors(
-    input_pipeline.scale_images(images[:256]),
-    d_wins_window=config.monitor_d_wins_window,
-    collapse_ratio=config.monitor_collapse_ratio,
+  train_keys = jnp.stack(
+    [split_root_key(jax.random.key(c.seed))[1] for c, _ in members]
   )
+  samplers = [make_sampler(c) for c, _ in members]
+  real_sample = input_pipeline.scale_images(images[:256])
+  healths = [
+    monitors.GANMonitors(
+      real_sample,
+      d_wins_window=config.monitor_d_wins_window,
+      collapse_ratio=config.monitor_collapse_ratio,
+    )
+    for _ in members
+  ]
 
-  mngr = checkpoint_manager(workdir, keep=config.keep_checkpoints)
-  state = restore_latest(workdir, config) or initial_state(config)
-  start_step = int(state.step)
+  mngrs = [checkpoint_manager(wd, keep=config.keep_checkpoints) for _, wd in members]
+  restored = _restore_members(members, mngrs)
+  member_states = [
+    state or initial_state(c) for state, (c, _) in zip(restored, members, strict=True)
+  ]
+  start_step = int(member_states[0].step)
   logging.info(
-    '%s at step %d. G: %s parameters, D: %s parameters.',
+    '%s at step %d%s. G: %s parameters, D: %s parameters.',
     'Resuming' if start_step else 'Starting',
     start_step,
-    f'{models.count_params(state.g_params):,}',
-    f'{models.count_params(state.d_params):,}',
+    f' ({len(members)} seeds from {config.seed})' if len(members) > 1 else '',
+    f'{models.count_params(member_states[0].g_params):,}',
+    f'{models.count_params(member_states[0].d_params):,}',
   )
-  _record_launch(
-    config, workdir, images, start_step, allow_config_change=allow_config_change
-  )
-  state = jax_utils.replicate(state)
+  for c, wd in members:
+    _record_launch(c, wd, images, start_step, allow_config_change=allow_config_change)
+  if len(members) > 1 and is_chief:
+    save_config(config, workdir)  # What the ensemble was launched with.
+  state = jax_utils.replicate(jax.tree.map(lambda *xs: np.stack(xs), *member_states))
+  del member_states, restored
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writers = [
+    metric_writers.create_default_writer(wd, just_logging=not is_chief)
+    for _, wd in members
+  ]
+
+  def member_variables(k: int) -> dict[str, PyTree]:
+    return jax.tree.map(
+      lambda x: x[k],
+      unreplicate({'params': state.g_params, 'batch_stats': state.g_batch_stats}),
+    )
 
   def write_samples(step: int) -> None:
-    samples = sample_images(state)
-    grid = sample.make_grid(samples)
-    writer.write_images(step, {'samples': grid[None]})
-    if len(samples) > 1:
-      writer.write_scalars(
-        step, health.on_samples(step, input_pipeline.scale_images(samples))
-      )
-    if is_chief:
-      sample.save_png(grid, os.path.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'))
+    for k, (_, wd) in enumerate(members):
+      samples = samplers[k](member_variables(k))
+      grid = sample.make_grid(samples)
+      writers[k].write_images(step, {'samples': grid[None]})
+      if len(samples) > 1:
+        writers[k].write_scalars(
+          step, healths[k].on_samples(step, input_pipeline.scale_images(samples))
+        )
+      if is_chief:
+        sample.save_png(grid, os.path.join(wd, SAMPLES_DIR, f'step_{step:07d}.png'))
 
   if start_step == 0:
-    writer.write_hparams(_hparams(config))
+    for (c, _), writer in zip(members, writers, strict=True):
+      writer.write_hparams(_hparams(c))
     write_samples(0)
   report = periodic_actions.ReportProgress(
     num_train_steps=config.num_train_steps,
-    writer=writer,
+    writer=writers[0],
     every_steps=config.log_every_steps,
     every_secs=None,
   )
-  batches = input_pipeline.host_batches(
-    images,
-    seed=config.seed,
-    global_batch_size=config.global_batch_size,
-    start_step=start_step,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
   n = jax.local_device_count()
-  batches = jax_utils.prefetch_to_device(
-    (b.reshape(n, -1, *b.shape[1:]) for b in batches), 2
-  )
+  member_batches = [
+    input_pipeline.host_batches(
+      images,
+      seed=c.seed,
+      global_batch_size=config.global_batch_size,
+      start_step=start_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+    for c, _ in members
+  ]
 
-  preemption = Preemption(mngr)
+  def stacked_batches():
+    while True:  # [devices, seeds, per-device batch, H, W, C]
+      yield np.stack(
+        [next(it).reshape(n, -1, *images.shape[1:]) for it in member_batches], 1
+      )
+
+  batches = jax_utils.prefetch_to_device(stacked_batches(), 2)
+
+  preemption = Preemption(mngrs[0])
   train_metrics, last_logged, t0 = None, start_step, time.time()
   step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
-    state, step_metrics = p_train_step(state, next(batches), train_key)
-    step_metrics = step_metrics.unreplicate()
+    state, step_metrics = p_train_step(state, next(batches), train_keys)
+    step_metrics = unreplicate(step_metrics)  # Leading axis: seeds.
     train_metrics = (
       step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
     )
@@ -856,15 +965,22 @@ def train_and_evaluate(
     save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
     if step % config.log_every_steps == 0 or is_last or save_now:
       # Before any save: a non-finite state never overwrites a good checkpoint.
-      summary = {k: float(v) for k, v in train_metrics.compute().items()}
-      _check_finite(
-        summary,
-        last_logged + 1,
-        step,
-        mngr.latest_step(),
-        skip=hyper.skip_nonfinite,
-      )
-      writer.write_scalars(step, summary | health.on_log(step, summary))
+      for k, (c, _) in enumerate(members):
+        member_metrics = jax.tree.map(lambda x, k=k: x[k], train_metrics)
+        summary = {key: float(v) for key, v in member_metrics.compute().items()}
+        try:
+          _check_finite(
+            summary,
+            last_logged + 1,
+            step,
+            mngrs[k].latest_step(),
+            skip=hyper.skip_nonfinite,
+          )
+        except FloatingPointError as e:
+          if len(members) > 1:
+            raise FloatingPointError(f'Seed {c.seed}: {e}') from e
+          raise
+        writers[k].write_scalars(step, summary | healths[k].on_log(step, summary))
       train_metrics, last_logged = None, step
     if step % config.sample_every_steps == 0 or is_last:
       with report.timed('sample'):
@@ -872,13 +988,17 @@ def train_and_evaluate(
     if save_now:
       with report.timed('checkpoint'):
         host_state = jax.device_get(unreplicate(state))  # Same on every host.
-        mngr.save(step, args=ocp.args.StandardSave(host_state))
+        for k, mngr in enumerate(mngrs):
+          member_state = jax.tree.map(lambda x, k=k: x[k], host_state)
+          mngr.save(step, args=ocp.args.StandardSave(member_state))
     if preempted:
       break
   preemption.close()
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.flush()
+  for mngr in mngrs:
+    mngr.wait_until_finished()
+    mngr.close()
+  for writer in writers:
+    writer.flush()
   if step < config.num_train_steps:
     logging.warning(
       'Preempted: saved a checkpoint at step %d of %d in %s. Relaunch the same '
@@ -895,4 +1015,6 @@ def train_and_evaluate(
       time.time() - t0,
       workdir,
     )
-  return unreplicate(state)
+  final = unreplicate(state)
+  states = [jax.tree.map(lambda x, k=k: x[k], final) for k in range(len(members))]
+  return states[0] if len(members) == 1 else states
