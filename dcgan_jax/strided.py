@@ -13,6 +13,8 @@ kernel as
   fine_from_coarse: F[f] = sum_t Y[(f - shift[t]) / 2] W[t]^T
                     four stride-1 convs, one per output phase f mod 2
   kernel_grad:      dW[t] = sum_c Y[c]^T F[2c + shift[t]]   one product a tap
+                    (one product with all k x k taps' patches when F has
+                    few channels, e.g. an RGB image)
 
 Neither the transposed convolution nor any gradient multiplies by inserted
 zeros (XLA's own lowering does; on CPU its transposed-conv kernel gradient
@@ -141,6 +143,8 @@ def kernel_grad(fine: jax.Array, coarse: jax.Array, shifts) -> jax.Array:
   operand first runs markedly faster on XLA:CPU).
   """
   k, size = len(shifts), coarse.shape[1]
+  if k * k * fine.shape[-1] <= _MAX_PATCH_FEATURES:
+    return _kernel_grad_from_patches(fine, coarse, shifts)
   lo = max(0, -min(shifts))
   hi = max(0, 2 * (size - 1) + max(shifts) - (fine.shape[1] - 1))
   padded = jnp.pad(fine, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
@@ -153,6 +157,30 @@ def kernel_grad(fine: jax.Array, coarse: jax.Array, shifts) -> jax.Array:
         lax.dot_general(coarse, window, (((0, 1, 2), (0, 1, 2)), ((), ())))
       )
   return jnp.stack(per_tap).reshape(k, k, coarse.shape[-1], fine.shape[-1])
+
+
+# Few fine channels (an RGB or grayscale image): one product per tap would
+# have 1-3 columns, so gather all k * k taps as features and make one.
+_MAX_PATCH_FEATURES = 64
+
+
+def _kernel_grad_from_patches(fine: jax.Array, coarse: jax.Array, shifts) -> jax.Array:
+  """`kernel_grad` as one matrix product with the fine grid's k x k patches."""
+  k, size, cf, cc = len(shifts), coarse.shape[1], fine.shape[-1], coarse.shape[-1]
+  lo = max(0, -min(shifts))
+  hi = max(0, 2 * (size - 1) + max(shifts) - (fine.shape[1] - 1))
+  padded = jnp.pad(fine, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+  end = 2 * size - 1
+  patches = jnp.concatenate(
+    [
+      padded[:, sh + lo : sh + lo + end : 2, sw + lo : sw + lo + end : 2]
+      for sh in shifts
+      for sw in shifts
+    ],
+    axis=-1,
+  )  # [B, size, size, (tap row, tap column, Cf)]
+  dw = patches.reshape(-1, k * k * cf).T @ coarse.reshape(-1, cc)
+  return jnp.swapaxes(dw.reshape(k, k, cf, cc), 2, 3)
 
 
 # --- The two layers' operations, with their gradients ---------------------
