@@ -792,3 +792,42 @@ def _process_alive(pid: int) -> bool:
   except PermissionError:
     return True
   return True
+
+
+def load_labels(
+  *,
+  dataset: str,
+  split: str = 'train',
+  data_dir: str | None = None,
+  download: bool = True,
+  label_key: str = 'label',
+) -> tuple[np.ndarray, int]:
+  """(labels int32 [N], num_classes) of a labelled TFDS data set ('digits', 'mnist').
+
+  Row i is the label of row i of `load_images` for the same data set and
+  split: both read the files in order without shuffling. A ValueError for
+  'folder:' data sets and for TFDS data sets without a ClassLabel `label_key`.
+  """
+  kind, name = _parse_dataset(dataset)
+  if kind == 'folder':
+    raise ValueError(f'{dataset!r} is a folder of images: it has no labels.')
+  tfds = _tfds()
+  builder = _tfds_builder(name, data_dir, download)
+  features = builder.info.features
+  feature = features[label_key] if label_key in features else None
+  if not isinstance(feature, tfds.features.ClassLabel):
+    raise ValueError(f'{name!r} has no class-label feature {label_key!r}.')
+  read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
+  ds = builder.as_dataset(
+    split=split,
+    shuffle_files=False,
+    decoders={  # Leave images encoded: only the labels are read.
+      k: tfds.decode.SkipDecoding()
+      for k, f in features.items()
+      if isinstance(f, tfds.features.Image)
+    },
+    read_config=read_config,
+  )
+  ds = _map(ds, lambda example: example[label_key]).batch(4096)
+  labels = [np.asarray(batch, np.int32) for batch in ds.as_numpy_iterator()]
+  return np.concatenate(labels), int(feature.num_classes)

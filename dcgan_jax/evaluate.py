@@ -1,0 +1,608 @@
+"""Scores of a trained generator that the literature can compare with.
+
+  python -m dcgan_jax.evaluate --workdir=W [--num_samples=10000] \
+      [--metrics=classifier,inception] [--inception_weights=PATH] [--seed=0]
+
+Loads W's config and latest checkpoint, draws `num_samples` images G(z) (z
+from `seed`, independent of the training keys; BatchNorm as the sample tool
+uses it, config.sample_batchnorm), quantises them to uint8 like saved images,
+and computes:
+
+- 'classifier' (labelled data sets: 'digits', 'mnist', ...): a small CNN
+  trained here on the real training images and labels at W's size and
+  channels, cached in W/eval/classifier/. classifier_fd is the Frechet
+  distance between its penultimate-layer features of the samples and of the
+  real training images; class_fractions, missing_classes, mean_confidence
+  read its predictions. Offline; comparable between runs on the same data
+  set, size and channels (the fingerprint), not with papers' FID.
+- 'inception': FID, KID and IS with pytorch-fid's Inception-v3 weights (see
+  dcgan_jax.inception), against the real training images; their statistics
+  are computed once and cached in W/eval/ with a fingerprint.
+
+Writes W/eval/report_step_<step>.json and the scalars ('eval/...') to
+TensorBoard in W/eval, at the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metric_writers
+from flax import serialization
+from scipy import special
+
+from dcgan_jax import gan_metrics, inception, input_pipeline, models, sample, train
+
+METRICS = ('classifier', 'inception')
+EVAL_DIR = 'eval'
+CLASSIFIER_DIR = os.path.join(EVAL_DIR, 'classifier')
+# Folded into key(seed): z for evaluation never equals the training run's z.
+_EVAL_KEY_TAG = 0x6576616C  # 'eval'
+# A class is "missing" when it gets less than this share of the uniform 1/K.
+MISSING_CLASS_SHARE = 0.1
+# Real Inception features kept for KID (a fixed subset of the training set).
+KID_REFERENCE_SIZE = 5000
+_CLASSIFIER_VERSION = 'cnn-v1'  # Bump when the architecture or training changes.
+
+DESCRIPTIONS = {
+  'classifier_fd': (
+    'Frechet distance between the penultimate-layer (128-d) features of the '
+    "project's CNN classifier for samples and for the real training images "
+    '(FID formula, not Inception: compare only runs with the same data set, '
+    'size, channels and num_samples). Lower is better.'
+  ),
+  'class_fractions': 'Share of samples per class predicted by the classifier.',
+  'missing_classes': (
+    'Number of classes predicted for less than 10% of the uniform share '
+    '(0.1 / num_classes) of the samples: mode dropping. 0 is best.'
+  ),
+  'mean_confidence': "Mean of the classifier's top-class probability.",
+  'classifier_test_accuracy': (
+    'Accuracy of the classifier on held-out real training images (not seen '
+    'when it was fit).'
+  ),
+  'fid': (
+    'FID (Heusel et al. 2017): Frechet distance of Inception-v3 pool3 features '
+    '(pytorch-fid weights) of samples and of the real training images.'
+  ),
+  'kid': (
+    'KID (Binkowski et al. 2018): mean over 100 subsets of the unbiased '
+    'polynomial-kernel MMD^2 of pool3 features, subsets of min(1000, '
+    f'num_samples, {KID_REFERENCE_SIZE}) images.'
+  ),
+  'kid_std': 'Standard deviation of KID over its subsets.',
+  'is': 'Inception Score (Salimans et al. 2016), mean over 10 splits.',
+  'is_std': 'Standard deviation of the Inception Score over its splits.',
+}
+
+
+# ----------------------------------------------------------------------------
+# Small helpers.
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _batched_apply(
+  fn: Callable[[jax.Array], Any], images: np.ndarray, batch_size: int
+) -> Any:
+  """fn over uint8 images in fixed-size batches (the last one padded), on
+  [-1, 1] floats; the outputs' rows concatenated on host, padding dropped."""
+  outputs = []
+  for start in range(0, len(images), batch_size):
+    batch = input_pipeline.scale_images(images[start : start + batch_size])
+    n = len(batch)
+    if n < batch_size:
+      batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]))])
+    out = jax.device_get(fn(jnp.asarray(batch, jnp.float32)))
+    outputs.append(jax.tree.map(lambda x, n=n: np.asarray(x[:n]), out))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+# ----------------------------------------------------------------------------
+# The classifier: a small CNN fit on the real images and labels.
+
+
+class FeatureClassifier(nn.Module):
+  """Conv-conv-conv-dense CNN: returns (logits, 128-d penultimate features).
+
+  Inputs larger than 32x32 are average-pooled down to at most 32x32 first,
+  so training cost does not grow with the image size.
+  """
+
+  num_classes: int
+  feature_dim: int = 128
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    while x.shape[1] > 32 and x.shape[1] % 2 == 0:
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(nn.Conv(32, (3, 3))(x))
+    x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2))(x))
+    x = nn.relu(nn.Conv(64, (3, 3), strides=(2, 2))(x))
+    features = nn.relu(nn.Dense(self.feature_dim)(x.reshape(len(x), -1)))
+    return nn.Dense(self.num_classes)(features), features
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  module: FeatureClassifier
+  params: Any
+  fingerprint: str
+  test_accuracy: float
+  cached: bool  # Read from the cache rather than trained by this call.
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierTraining:
+  """How the classifier is fit (part of its fingerprint)."""
+
+  steps: int = 1000
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  test_fraction: float = 0.15
+  seed: int = 0
+
+  def describe(self) -> str:
+    return (
+      f'{_CLASSIFIER_VERSION} steps={self.steps} batch={self.batch_size} '
+      f'lr={self.learning_rate} test={self.test_fraction} seed={self.seed}'
+    )
+
+
+def split_train_test(
+  num: int, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) indices: a fixed permutation of range(num) from `seed`."""
+  order = np.random.default_rng(seed).permutation(num)
+  num_test = max(1, int(round(num * test_fraction)))
+  return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
+def train_classifier(
+  images: np.ndarray,
+  labels: np.ndarray,
+  num_classes: int,
+  training: ClassifierTraining = ClassifierTraining(),
+) -> tuple[FeatureClassifier, Any, float]:
+  """(module, params, held-out accuracy): Adam with cosine decay, fit on all
+  but `test_fraction` of the images; deterministic given `training.seed`."""
+  train_idx, test_idx = split_train_test(
+    len(images), training.test_fraction, training.seed
+  )
+  module = FeatureClassifier(num_classes)
+  init_key, _ = jax.random.split(jax.random.key(training.seed))
+  x0 = jnp.zeros((1, *images.shape[1:]), jnp.float32)
+  params = module.init(init_key, x0)['params']
+  tx = optax.adam(optax.cosine_decay_schedule(training.learning_rate, training.steps))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss_fn(params):
+      logits, _ = module.apply({'params': params}, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  rng = np.random.default_rng(training.seed)
+  order = np.empty(0, np.int64)
+  for _ in range(training.steps):
+    if len(order) < training.batch_size:
+      order = np.concatenate([order, rng.permutation(train_idx)])
+    batch, order = order[: training.batch_size], order[training.batch_size :]
+    x = input_pipeline.scale_images(images[np.sort(batch)])
+    params, opt_state = step(params, opt_state, x, labels[np.sort(batch)])
+  logits, _ = classifier_outputs(module, params, images[test_idx])
+  accuracy = float((logits.argmax(axis=1) == labels[test_idx]).mean())
+  return module, params, accuracy
+
+
+def classifier_outputs(
+  module: FeatureClassifier, params: Any, images: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+  """(logits [N, K], features [N, 128]) of uint8 images [N, H, W, C]."""
+  return _batched_apply(
+    functools.partial(_apply_classifier, module, params), images, batch_size
+  )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_classifier(module: FeatureClassifier, params: Any, x: jax.Array):
+  return module.apply({'params': params}, x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_inception(module: nn.Module, variables: Any, x: jax.Array):
+  return module.apply(variables, inception.preprocess(x))
+
+
+def _data_fingerprint(config: ml_collections.ConfigDict, num_images: int) -> str:
+  return (
+    f'dataset={config.dataset} split={config.split} crop={config.crop} '
+    f'{config.image_size}x{config.image_size}x{config.num_channels} n={num_images}'
+  )
+
+
+def load_labels(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
+  """The training images' labels; ValueError naming the usable metrics if none."""
+  try:
+    return input_pipeline.load_labels(
+      dataset=config.dataset,
+      split=config.split,
+      data_dir=config.data_dir,
+      download=config.download,
+    )
+  except ValueError as e:
+    raise ValueError(
+      f"Metric 'classifier' needs a labelled data set ('digits', 'mnist', ...); "
+      f'config.dataset={config.dataset!r} has none ({e}). Use '
+      '--metrics=inception for this workdir (FID, KID, IS).'
+    ) from e
+
+
+def load_or_train_classifier(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  real_images: np.ndarray,
+  training: ClassifierTraining = ClassifierTraining(),
+) -> Classifier:
+  """The classifier cached in W/eval/classifier/ if its fingerprint (data set,
+  split, size, channels, training) matches, else trained now and cached."""
+  labels, num_classes = load_labels(config)
+  if len(labels) != len(real_images):
+    raise ValueError(
+      f'{config.dataset!r} has {len(labels)} labels but {len(real_images)} images.'
+    )
+  fingerprint = f'{_data_fingerprint(config, len(labels))} {training.describe()}'
+  directory = os.path.join(workdir, CLASSIFIER_DIR)
+  meta_path = os.path.join(directory, 'classifier.json')
+  params_path = os.path.join(directory, 'params.msgpack')
+  module = FeatureClassifier(num_classes)
+  if os.path.exists(meta_path) and os.path.exists(params_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta.get('fingerprint') == fingerprint:
+      x0 = jnp.zeros((1, *real_images.shape[1:]), jnp.float32)
+      target = jax.eval_shape(module.init, jax.random.key(training.seed), x0)
+      target = target['params']
+      with open(params_path, 'rb') as f:
+        params = serialization.from_bytes(target, f.read())
+      return Classifier(module, params, fingerprint, meta['test_accuracy'], True)
+  os.makedirs(directory, exist_ok=True)
+  start = time.perf_counter()
+  module, params, accuracy = train_classifier(
+    real_images, labels, num_classes, training
+  )
+  # Parameters first: a fingerprint file never describes older parameters.
+  _write_atomic(params_path, serialization.to_bytes(jax.device_get(params)))
+  meta = {
+    'fingerprint': fingerprint,
+    'test_accuracy': accuracy,
+    'num_classes': num_classes,
+    'train_seconds': time.perf_counter() - start,
+  }
+  _write_atomic(meta_path, json.dumps(meta, indent=2).encode())
+  return Classifier(module, params, fingerprint, accuracy, False)
+
+
+def classifier_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  images: np.ndarray,
+  real_images: np.ndarray,
+  training: ClassifierTraining = ClassifierTraining(),
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details) of uint8 samples read by the project's classifier."""
+  classifier = load_or_train_classifier(workdir, config, real_images, training)
+  stats_path = os.path.join(workdir, CLASSIFIER_DIR, 'real_stats.npz')
+  fingerprint = f'{classifier.fingerprint} penultimate'
+  try:
+    if not classifier.cached:  # Fresh parameters: recompute, whatever is there.
+      raise FileNotFoundError(stats_path)
+    real_stats = gan_metrics.FeatureStats.load(stats_path, fingerprint=fingerprint)
+  except (FileNotFoundError, ValueError):
+    _, real_features = classifier_outputs(
+      classifier.module, classifier.params, real_images
+    )
+    real_stats = gan_metrics.feature_stats(real_features)
+    real_stats.save(stats_path, fingerprint=fingerprint)
+  logits, features = classifier_outputs(classifier.module, classifier.params, images)
+  probs = special.softmax(logits.astype(np.float64), axis=1)
+  num_classes = probs.shape[1]
+  fractions = np.bincount(probs.argmax(axis=1), minlength=num_classes) / len(probs)
+  fd = gan_metrics.frechet_distance(gan_metrics.feature_stats(features), real_stats)
+  metrics = {
+    'classifier_fd': fd,
+    'class_fractions': [float(f) for f in fractions],
+    'missing_classes': int((fractions < MISSING_CLASS_SHARE / num_classes).sum()),
+    'mean_confidence': float(probs.max(axis=1).mean()),
+    'classifier_test_accuracy': classifier.test_accuracy,
+  }
+  details = {'fingerprint': classifier.fingerprint, 'cached': classifier.cached}
+  return metrics, details
+
+
+# ----------------------------------------------------------------------------
+# Inception: FID, KID, IS.
+
+
+def inception_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  images: np.ndarray,
+  real_images: np.ndarray,
+  *,
+  weights: str | None = None,
+  batch_size: int = 100,
+  seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details): FID, KID, IS of uint8 samples against the real images.
+
+  The real images' pool3 statistics (and a fixed subset of at most
+  KID_REFERENCE_SIZE of their features, for KID) are cached in W/eval/ with a
+  fingerprint naming the data, the number of images and the weights file.
+  """
+  module, variables = inception.load_fid_inception(weights)
+  apply = functools.partial(_apply_inception, module, variables)
+  weights_name = os.path.basename(weights or inception.default_weights_path())
+  fingerprint = f'{_data_fingerprint(config, len(real_images))} {weights_name} pool3'
+  path = os.path.join(workdir, EVAL_DIR, 'inception_real.npz')
+  real = _load_inception_reference(path, fingerprint)
+  cached = real is not None
+  if real is None:
+    subset = np.sort(
+      np.random.default_rng(0).permutation(len(real_images))[:KID_REFERENCE_SIZE]
+    )
+    accumulator = gan_metrics.StatsAccumulator()
+    kid_features = []
+    for start in range(0, len(real_images), batch_size):
+      chunk = real_images[start : start + batch_size]
+      feats = _batched_apply(apply, chunk, batch_size)['pool3']
+      accumulator.update(feats)
+      in_chunk = subset[(subset >= start) & (subset < start + len(chunk))]
+      kid_features.append(feats[in_chunk - start])
+    real = accumulator.stats(), np.concatenate(kid_features).astype(np.float32)
+    _save_inception_reference(path, fingerprint, *real)
+  real_stats, real_kid_features = real
+  out = _batched_apply(apply, images, batch_size)
+  probs = special.softmax(out['logits'].astype(np.float64), axis=1)
+  fid = gan_metrics.frechet_distance(
+    gan_metrics.feature_stats(out['pool3']), real_stats
+  )
+  kid, kid_std = gan_metrics.kernel_inception_distance(
+    out['pool3'], real_kid_features, rng=np.random.default_rng(seed)
+  )
+  is_mean, is_std = gan_metrics.inception_score(probs, num_splits=min(10, len(probs)))
+  metrics = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'is': is_mean}
+  metrics['is_std'] = is_std
+  details = {'fingerprint': fingerprint, 'cached': cached, 'weights': weights_name}
+  return metrics, details
+
+
+def _save_inception_reference(path, fingerprint, stats, kid_features) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  stats.save(path + '.stats.npz', fingerprint=fingerprint)
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    np.savez(f, kid_features=kid_features, fingerprint=np.str_(fingerprint))
+  os.replace(tmp, path)
+
+
+def _load_inception_reference(path, fingerprint):
+  """(FeatureStats, KID features) if cached for `fingerprint`, else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    stats = gan_metrics.FeatureStats.load(path + '.stats.npz', fingerprint=fingerprint)
+  except (FileNotFoundError, ValueError):
+    return None
+  with np.load(path, allow_pickle=False) as data:
+    if str(data['fingerprint']) != fingerprint:
+      return None
+    return stats, data['kid_features']
+
+
+# ----------------------------------------------------------------------------
+# Samples, all metrics, the report.
+
+
+def generate_samples(
+  config: ml_collections.ConfigDict,
+  g_variables: dict[str, Any],
+  num_samples: int,
+  *,
+  seed: int = 0,
+  batch_size: int = 500,
+) -> np.ndarray:
+  """uint8 [num_samples, S, S, C] from G; z from fold_in(key(seed), 'eval')."""
+  generator, _ = models.create_models(
+    config.model, image_size=config.image_size, num_channels=config.num_channels
+  )
+  z_key = jax.random.fold_in(jax.random.key(seed), _EVAL_KEY_TAG)
+  z = models.sample_z(z_key, num_samples, config.model.z_dim, config.model.z_dist)
+  gen = jax.jit(
+    functools.partial(sample.generate, generator, batchnorm=config.sample_batchnorm)
+  )
+  return np.concatenate(
+    [
+      sample.to_uint8(gen(g_variables, z[i : i + batch_size]))
+      for i in range(0, num_samples, batch_size)
+    ]
+  )
+
+
+def compute_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  images: np.ndarray,
+  metrics: Sequence[str],
+  *,
+  real_images: np.ndarray | None = None,
+  inception_weights: str | None = None,
+  classifier_training: ClassifierTraining = ClassifierTraining(),
+  seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details per metric group) of uint8 images [N, S, S, C]."""
+  _check_metrics(metrics)
+  if real_images is None:
+    real_images = train.load_data(config, workdir)
+  values, details = {}, {}
+  if 'classifier' in metrics:
+    v, details['classifier'] = classifier_metrics(
+      workdir, config, images, real_images, classifier_training
+    )
+    values.update(v)
+  if 'inception' in metrics:
+    v, details['inception'] = inception_metrics(
+      workdir, config, images, real_images, weights=inception_weights, seed=seed
+    )
+    values.update(v)
+  return values, details
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
+  unknown = [m for m in metrics if m not in METRICS]
+  if unknown or not metrics:
+    raise ValueError(f'metrics must be some of {list(METRICS)}, got {list(metrics)}.')
+
+
+def evaluate(
+  workdir: str,
+  *,
+  num_samples: int = 10_000,
+  metrics: Sequence[str] = ('classifier',),
+  seed: int = 0,
+  inception_weights: str | None = None,
+  classifier_training: ClassifierTraining = ClassifierTraining(),
+) -> dict[str, Any]:
+  """Scores the latest checkpoint of `workdir`; writes and returns the report.
+
+  The report (W/eval/report_step_<step>.json) holds step, num_samples, seed,
+  `metrics` (name -> value), `descriptions` (name -> what it is) and per
+  metric group its cache fingerprint; the scalars go to TensorBoard in W/eval.
+  """
+  _check_metrics(metrics)
+  if num_samples < 10:
+    raise ValueError(f'num_samples must be at least 10, got {num_samples}.')
+  start = time.perf_counter()
+  config = train.load_config(workdir)
+  if config.get('num_seeds', 1) > 1:
+    raise ValueError(
+      f'{workdir} holds {config.num_seeds} GANs (num_seeds); evaluate each '
+      'member workdir separately.'
+    )
+  state = train.restore_latest(workdir, config)
+  if state is None:
+    raise FileNotFoundError(
+      f'No checkpoint under {os.path.join(workdir, "checkpoints")}: train first.'
+    )
+  step = int(state.step)
+  if 'classifier' in metrics:
+    load_labels(config)  # Fails early, before sampling, for unlabelled data.
+  g_variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  images = generate_samples(config, g_variables, num_samples, seed=seed)
+  values, details = compute_metrics(
+    workdir,
+    config,
+    images,
+    metrics,
+    inception_weights=inception_weights,
+    classifier_training=classifier_training,
+    seed=seed,
+  )
+  report = {
+    'step': step,
+    'num_samples': num_samples,
+    'seed': seed,
+    'dataset': config.dataset,
+    'image_shape': list(images.shape[1:]),
+    'sample_batchnorm': config.sample_batchnorm,
+    'metrics': values,
+    'descriptions': {k: DESCRIPTIONS[k] for k in values},
+    'details': details,
+    'seconds': round(time.perf_counter() - start, 2),
+  }
+  write_report(workdir, report)
+  return report
+
+
+def write_report(workdir: str, report: dict[str, Any]) -> str:
+  """Writes the JSON report atomically and the scalars to TensorBoard."""
+  directory = os.path.join(workdir, EVAL_DIR)
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f'report_step_{report["step"]}.json')
+  _write_atomic(path, json.dumps(report, indent=2).encode())
+  scalars = {f'eval/{k}': v for k, v in report['metrics'].items() if np.isscalar(v)}
+  writer = metric_writers.create_default_writer(directory)
+  writer.write_scalars(report['step'], scalars)
+  writer.flush()
+  writer.close()
+  return path
+
+
+def summary(report: dict[str, Any]) -> str:
+  lines = [f'step {report["step"]}, {report["num_samples"]} samples:']
+  for name, value in report['metrics'].items():
+    if isinstance(value, list):
+      value = ' '.join(f'{v:.3f}' for v in value)
+    elif isinstance(value, float):
+      value = f'{value:.4g}'
+    lines.append(f'  {name}: {value}')
+  return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+    prog='python -m dcgan_jax.evaluate', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument('--workdir', required=True, help='Training workdir.')
+  parser.add_argument('--num_samples', type=int, default=10_000)
+  parser.add_argument(
+    '--metrics', default='classifier', help=f'Comma-separated, of {list(METRICS)}.'
+  )
+  parser.add_argument(
+    '--inception_weights', default=None, help='pytorch-fid .pth file.'
+  )
+  parser.add_argument('--seed', type=int, default=0, help='Seed of z.')
+  args = parser.parse_args(argv)
+  metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
+  try:
+    report = evaluate(
+      args.workdir,
+      num_samples=args.num_samples,
+      metrics=metrics,
+      seed=args.seed,
+      inception_weights=args.inception_weights,
+    )
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  print(summary(report))
+  print(
+    f'Report: {os.path.join(args.workdir, EVAL_DIR)}/report_step_{report["step"]}.json'
+  )
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  main(sys.argv[1:])

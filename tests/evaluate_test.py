@@ -1,0 +1,262 @@
+"""The evaluation tool: reports, caches, and metrics that measure something.
+
+One tiny digits workdir (16x16, narrow models, a few dozen steps) is trained
+once for the module; the project's classifier is trained once in it (the
+first evaluate call) and reused by the later ones.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits as digits_config
+from dcgan_jax import evaluate, models, sample, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 40
+NUM_SAMPLES = 300
+
+
+def tiny_config(data_dir: str):
+  config = digits_config.get_config()
+  config.data_dir = data_dir
+  config.image_size = 16
+  config.model.g_width = 32
+  config.model.d_width = 8
+  config.global_batch_size = 16
+  config.num_train_steps = NUM_STEPS
+  config.log_every_steps = 20
+  config.sample_every_steps = NUM_STEPS
+  config.checkpoint_every_steps = NUM_STEPS
+  config.num_sample_images = 4
+  return config
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  config = tiny_config(str(tmp_path_factory.mktemp('tfds')))
+  workdir = str(tmp_path_factory.mktemp('digits16'))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def first_report(workdir):
+  return evaluate.evaluate(workdir, num_samples=NUM_SAMPLES, metrics=['classifier'])
+
+
+def classifier_files(workdir):
+  directory = os.path.join(workdir, evaluate.CLASSIFIER_DIR)
+  return {
+    name: os.stat(os.path.join(directory, name)).st_mtime_ns
+    for name in ('params.msgpack', 'classifier.json', 'real_stats.npz')
+  }
+
+
+def untrained_samples(config, num):
+  generator, _ = models.create_models(
+    config.model, image_size=config.image_size, num_channels=config.num_channels
+  )
+  state = train.initial_state(config)
+  variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  z = models.sample_z(jax.random.key(1), num, config.model.z_dim, config.model.z_dist)
+  return sample.to_uint8(sample.generate(generator, variables, z))
+
+
+def test_report_fields_ranges_and_tensorboard(workdir, first_report):
+  path = os.path.join(workdir, 'eval', f'report_step_{NUM_STEPS}.json')
+  with open(path) as f:
+    report = json.load(f)
+  assert report == json.loads(json.dumps(first_report))
+  assert report['step'] == NUM_STEPS and report['num_samples'] == NUM_SAMPLES
+  assert report['image_shape'] == [16, 16, 1]
+  metrics = report['metrics']
+  assert set(metrics) == {
+    'classifier_fd',
+    'class_fractions',
+    'missing_classes',
+    'mean_confidence',
+    'classifier_test_accuracy',
+  }
+  assert set(report['descriptions']) == set(metrics)
+  assert np.isfinite(metrics['classifier_fd']) and metrics['classifier_fd'] > 0
+  fractions = np.asarray(metrics['class_fractions'])
+  assert fractions.shape == (10,) and (fractions >= 0).all()
+  assert fractions.sum() == pytest.approx(1.0)
+  assert 0 <= metrics['missing_classes'] <= 10
+  assert metrics['missing_classes'] == int((fractions < 0.01).sum())
+  assert 0.1 <= metrics['mean_confidence'] <= 1.0
+  assert report['details']['classifier']['cached'] is False
+  assert 'dataset=digits' in report['details']['classifier']['fingerprint']
+  events = os.listdir(os.path.join(workdir, 'eval'))
+  assert any(name.startswith('events.out.tfevents') for name in events), events
+  assert not any('.tmp-' in name for name in events)
+
+
+def test_classifier_is_accurate_on_held_out_digits(first_report):
+  accuracy = first_report['metrics']['classifier_test_accuracy']
+  print(f'classifier held-out accuracy (16x16 digits): {accuracy:.4f}')
+  assert accuracy > 0.95
+
+
+def test_classifier_cache_is_reused(workdir, first_report):
+  before = classifier_files(workdir)
+  again = evaluate.evaluate(workdir, num_samples=NUM_SAMPLES, metrics=['classifier'])
+  assert classifier_files(workdir) == before  # Nothing retrained or rewritten.
+  assert again['details']['classifier']['cached'] is True
+  assert again['metrics'] == first_report['metrics']  # Same z, same classifier.
+  other_seed = evaluate.evaluate(
+    workdir, num_samples=NUM_SAMPLES, metrics=['classifier'], seed=1
+  )
+  assert (
+    other_seed['metrics']['classifier_fd'] != first_report['metrics']['classifier_fd']
+  )
+
+
+def test_classifier_fd_separates_real_data_from_an_untrained_generator(
+  workdir, first_report
+):
+  config = train.load_config(workdir)
+  real = train.load_data(config, workdir)
+  subset = real[np.random.default_rng(0).permutation(len(real))[:NUM_SAMPLES]]
+  real_metrics, _ = evaluate.compute_metrics(workdir, config, subset, ['classifier'])
+  fake = untrained_samples(config, NUM_SAMPLES)
+  fake_metrics, _ = evaluate.compute_metrics(workdir, config, fake, ['classifier'])
+  trained_fd = first_report['metrics']['classifier_fd']
+  print(
+    f'classifier_fd: real {real_metrics["classifier_fd"]:.3f}, G after '
+    f'{NUM_STEPS} steps {trained_fd:.3f}, untrained G '
+    f'{fake_metrics["classifier_fd"]:.3f}'
+  )
+  assert real_metrics['classifier_fd'] * 20 < fake_metrics['classifier_fd']
+  assert real_metrics['missing_classes'] == 0
+  assert real_metrics['mean_confidence'] > 0.9
+  assert max(real_metrics['class_fractions']) < 0.15
+
+
+def test_folder_data_set_says_which_metrics_work(workdir):
+  config = train.load_config(workdir)
+  config.dataset = 'folder:/nonexistent/images'
+  images = np.zeros((10, 16, 16, 1), np.uint8)
+  with pytest.raises(ValueError, match='labelled data set.*--metrics=inception'):
+    evaluate.compute_metrics(
+      workdir, config, images, ['classifier'], real_images=images
+    )
+  with pytest.raises(ValueError, match='metrics must be some of'):
+    evaluate.compute_metrics(workdir, config, images, ['fid'], real_images=images)
+
+
+class StandInInception(nn.Module):
+  """Same outputs as FIDInceptionV3 ({'pool3', 'logits'}), a tiny network."""
+
+  @nn.compact
+  def __call__(self, x):
+    assert x.shape[1:] == (299, 299, 3)  # Went through inception.preprocess.
+    x = nn.avg_pool(x, (23, 23), strides=(23, 23)).reshape(len(x), -1)
+    pool3 = jnp.tanh(nn.Dense(32)(x))
+    return {'pool3': pool3, 'logits': nn.Dense(1008)(pool3)}
+
+
+def test_inception_path_with_a_stand_in_network(workdir, tmp_path, monkeypatch):
+  module = StandInInception()
+  variables = module.init(jax.random.key(3), jnp.zeros((1, 299, 299, 3)))
+  loads = []
+
+  def fake_load(path=None, *, download=True):
+    loads.append(path)
+    return module, variables
+
+  monkeypatch.setattr(evaluate.inception, 'load_fid_inception', fake_load)
+  config = train.load_config(workdir)
+  real = train.load_data(config, workdir)[:250]
+  fake = untrained_samples(config, 120)
+  eval_dir = str(tmp_path)  # Own cache: the real data here is a subset.
+  kwargs = dict(real_images=real, inception_weights='stand_in.pth')
+  metrics, details = evaluate.compute_metrics(
+    eval_dir, config, fake, ['inception'], **kwargs
+  )
+  details = details['inception']
+  assert loads == ['stand_in.pth']
+  assert set(metrics) == {'fid', 'kid', 'kid_std', 'is', 'is_std'}
+  assert metrics['fid'] > 0 and np.isfinite(metrics['kid'])
+  assert 1.0 <= metrics['is'] <= 1008 and metrics['is_std'] >= 0
+  assert details['cached'] is False
+  assert 'stand_in.pth pool3' in details['fingerprint']
+  assert 'n=250' in details['fingerprint']
+  cache = os.path.join(eval_dir, 'eval', 'inception_real.npz')
+  mtime = os.stat(cache).st_mtime_ns
+  with np.load(cache) as data:
+    assert data['kid_features'].shape == (250, 32)
+
+  again, details = evaluate.compute_metrics(
+    eval_dir, config, fake, ['inception'], **kwargs
+  )
+  assert details['inception']['cached'] is True and os.stat(cache).st_mtime_ns == mtime
+  assert again == metrics
+  real_again, _ = evaluate.compute_metrics(
+    eval_dir, config, real[:120], ['inception'], **kwargs
+  )
+  assert real_again['fid'] * 5 < metrics['fid']
+  assert real_again['kid'] < metrics['kid']
+
+
+def test_missing_inception_weights_say_where_to_put_them(workdir, tmp_path):
+  config = train.load_config(workdir)
+  images = np.zeros((10, 16, 16, 1), np.uint8)
+  missing = str(tmp_path / 'pt_inception.pth')
+  with pytest.raises(FileNotFoundError, match='FID Inception weights not found'):
+    evaluate.compute_metrics(
+      str(tmp_path),
+      config,
+      images,
+      ['inception'],
+      real_images=images,
+      inception_weights=missing,
+    )
+
+
+def test_command_line(workdir, first_report):
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'dcgan_jax.evaluate',
+      f'--workdir={workdir}',
+      f'--num_samples={NUM_SAMPLES}',
+      '--metrics=classifier',
+    ],
+    cwd=REPO,
+    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'step {NUM_STEPS}, {NUM_SAMPLES} samples' in result.stdout
+  assert 'classifier_fd' in result.stdout
+  fd = first_report['metrics']['classifier_fd']
+  assert f'{fd:.4g}' in result.stdout
+
+
+def test_classifier_is_retrained_when_its_fingerprint_changes(workdir, tmp_path):
+  config = train.load_config(workdir)
+  real = train.load_data(config, workdir)
+  few = evaluate.ClassifierTraining(steps=3)
+  first = evaluate.load_or_train_classifier(str(tmp_path), config, real, few)
+  again = evaluate.load_or_train_classifier(str(tmp_path), config, real, few)
+  assert (first.cached, again.cached) == (False, True)
+  assert jax.tree.all(
+    jax.tree.map(np.array_equal, jax.device_get(first.params), again.params)
+  )
+  other = evaluate.ClassifierTraining(steps=4)
+  changed = evaluate.load_or_train_classifier(str(tmp_path), config, real, other)
+  assert changed.cached is False and 'steps=4' in changed.fingerprint
+  with open(tmp_path / evaluate.CLASSIFIER_DIR / 'classifier.json') as f:
+    assert json.load(f)['fingerprint'] == changed.fingerprint
