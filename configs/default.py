@@ -163,4 +163,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 3
 
+  # --- Evaluation during training ----------------------------------------
+  # Every eval_every_steps (and at the last step) score the generator as
+  # `python -m dcgan_jax.evaluate` does: WORKDIR/eval/report_step_<s>.json
+  # and TensorBoard scalars eval/... in WORKDIR/eval. 0: never.
+  config.eval_every_steps = 0
+  # Comma-separated: 'classifier' (labelled data sets; offline) and/or
+  # 'inception' (FID, KID, IS; needs the FID Inception weights).
+  config.eval_metrics = 'classifier'
+  config.eval_num_samples = 5000
+  # The pytorch-fid Inception weights file; '' = $DCGAN_FID_WEIGHTS or the
+  # cache (see dcgan_jax/inception.py).
+  config.inception_weights = ''
+
   return config

@@ -102,17 +102,32 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _batched_apply(
-  fn: Callable[[jax.Array], Any], images: np.ndarray, batch_size: int
+  fn: Callable[[Any, jax.Array], Any],
+  variables: Any,
+  images: np.ndarray,
+  batch_size: int,
 ) -> Any:
-  """fn over uint8 images in fixed-size batches (the last one padded), on
-  [-1, 1] floats; the outputs' rows concatenated on host, padding dropped."""
+  """fn(variables, x) over uint8 images, x on [-1, 1] floats.
+
+  Fixed-size batches (the last one padded; batch_size rounded up to a
+  multiple of the local devices) are split across all local devices, the
+  variables replicated on them; the outputs' rows are concatenated on host,
+  padding dropped.
+  """
+  devices = jax.local_devices()
+  mesh = jax.sharding.Mesh(np.array(devices), ('batch',))
+  rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch'))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch_size = -(-batch_size // len(devices)) * len(devices)
+  variables = jax.device_put(variables, replicated)
   outputs = []
   for start in range(0, len(images), batch_size):
     batch = input_pipeline.scale_images(images[start : start + batch_size])
     n = len(batch)
     if n < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]))])
-    out = jax.device_get(fn(jnp.asarray(batch, jnp.float32)))
+    x = jax.device_put(np.asarray(batch, np.float32), rows)
+    out = jax.device_get(fn(variables, x))
     outputs.append(jax.tree.map(lambda x, n=n: np.asarray(x[:n]), out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
@@ -223,7 +238,7 @@ def classifier_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
   """(logits [N, K], features [N, 128]) of uint8 images [N, H, W, C]."""
   return _batched_apply(
-    functools.partial(_apply_classifier, module, params), images, batch_size
+    functools.partial(_apply_classifier, module), params, images, batch_size
   )
 
 
@@ -364,7 +379,7 @@ def inception_metrics(
   fingerprint naming the data, the number of images and the weights file.
   """
   module, variables = inception.load_fid_inception(weights)
-  apply = functools.partial(_apply_inception, module, variables)
+  apply = functools.partial(_apply_inception, module)
   weights_name = os.path.basename(weights or inception.default_weights_path())
   fingerprint = f'{_data_fingerprint(config, len(real_images))} {weights_name} pool3'
   path = os.path.join(workdir, EVAL_DIR, 'inception_real.npz')
@@ -378,14 +393,14 @@ def inception_metrics(
     kid_features = []
     for start in range(0, len(real_images), batch_size):
       chunk = real_images[start : start + batch_size]
-      feats = _batched_apply(apply, chunk, batch_size)['pool3']
+      feats = _batched_apply(apply, variables, chunk, batch_size)['pool3']
       accumulator.update(feats)
       in_chunk = subset[(subset >= start) & (subset < start + len(chunk))]
       kid_features.append(feats[in_chunk - start])
     real = accumulator.stats(), np.concatenate(kid_features).astype(np.float32)
     _save_inception_reference(path, fingerprint, *real)
   real_stats, real_kid_features = real
-  out = _batched_apply(apply, images, batch_size)
+  out = _batched_apply(apply, variables, images, batch_size)
   probs = special.softmax(out['logits'].astype(np.float64), axis=1)
   fid = gan_metrics.frechet_distance(
     gan_metrics.feature_stats(out['pool3']), real_stats
@@ -487,73 +502,244 @@ def _check_metrics(metrics: Sequence[str]) -> None:
     raise ValueError(f'metrics must be some of {list(METRICS)}, got {list(metrics)}.')
 
 
-def evaluate(
+def check_metrics_available(
+  config: ml_collections.ConfigDict,
+  metrics: Sequence[str],
+  inception_weights: str | None = None,
+) -> str | None:
+  """Fails early, before sampling or training, where a metric cannot run:
+  'classifier' on a data set without labels, 'inception' without weights.
+  Returns the resolved Inception weights path (None without 'inception')."""
+  _check_metrics(metrics)
+  if 'classifier' in metrics:
+    load_labels(config)
+  if 'inception' in metrics:
+    return inception.resolve_weights(inception_weights)
+  return None
+
+
+def evaluate_generator(
   workdir: str,
+  config: ml_collections.ConfigDict,
+  state: train.GANState,
   *,
   num_samples: int = 10_000,
   metrics: Sequence[str] = ('classifier',),
-  seed: int = 0,
+  seeds: Sequence[int] = (0,),
+  real_images: np.ndarray | None = None,
   inception_weights: str | None = None,
   classifier_training: ClassifierTraining = ClassifierTraining(),
+  cache_workdir: str | None = None,
 ) -> dict[str, Any]:
-  """Scores the latest checkpoint of `workdir`; writes and returns the report.
+  """Scores the generator of `state` (a single GAN of the run in `workdir`).
 
-  The report (W/eval/report_step_<step>.json) holds step, num_samples, seed,
-  `metrics` (name -> value), `descriptions` (name -> what it is) and per
-  metric group its cache fingerprint; the scalars go to TensorBoard in W/eval.
+  For each z seed in `seeds`, draws `num_samples` images and computes the
+  metrics; the report's `metrics` are their means over the seeds, `spread`
+  their standard deviations and per-seed values (more than one seed). With
+  'classifier', the class shares of the first seed's samples are also drawn
+  as W/eval/class_coverage_step_<step>.png. Writes the report (see
+  `write_report`) and returns it. The classifier and the real images'
+  statistics are cached under `cache_workdir` (default: `workdir`), so the
+  GANs of one ensemble share them.
   """
   _check_metrics(metrics)
   if num_samples < 10:
     raise ValueError(f'num_samples must be at least 10, got {num_samples}.')
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'seeds must be distinct and at least one, got {list(seeds)}.')
   start = time.perf_counter()
-  config = train.load_config(workdir)
-  if config.get('num_seeds', 1) > 1:
-    raise ValueError(
-      f'{workdir} holds {config.num_seeds} GANs (num_seeds); evaluate each '
-      'member workdir separately.'
-    )
-  state = train.restore_latest(workdir, config)
-  if state is None:
-    raise FileNotFoundError(
-      f'No checkpoint under {os.path.join(workdir, "checkpoints")}: train first.'
-    )
   step = int(state.step)
-  if 'classifier' in metrics:
-    load_labels(config)  # Fails early, before sampling, for unlabelled data.
+  if real_images is None:
+    real_images = train.load_data(config, workdir)
   g_variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-  images = generate_samples(config, g_variables, num_samples, seed=seed)
-  values, details = compute_metrics(
-    workdir,
-    config,
-    images,
-    metrics,
-    inception_weights=inception_weights,
-    classifier_training=classifier_training,
-    seed=seed,
-  )
+  per_seed, details, figures = [], {}, {}
+  for seed in seeds:
+    images = generate_samples(config, g_variables, num_samples, seed=seed)
+    values, details = compute_metrics(
+      cache_workdir or workdir,
+      config,
+      images,
+      metrics,
+      real_images=real_images,
+      inception_weights=inception_weights,
+      classifier_training=classifier_training,
+      seed=seed,
+    )
+    per_seed.append(values)
+    if 'classifier' in metrics and not figures:
+      figures['class_coverage'] = coverage_png(
+        os.path.join(workdir, EVAL_DIR, f'class_coverage_step_{step}.png'),
+        values['class_fractions'],
+        title=f'step {step}: share of {num_samples} samples per class',
+      )
+  values, spread = aggregate(per_seed)
   report = {
     'step': step,
     'num_samples': num_samples,
-    'seed': seed,
+    'seeds': list(seeds),
     'dataset': config.dataset,
     'image_shape': list(images.shape[1:]),
     'sample_batchnorm': config.sample_batchnorm,
     'metrics': values,
     'descriptions': {k: DESCRIPTIONS[k] for k in values},
     'details': details,
-    'seconds': round(time.perf_counter() - start, 2),
+    'figures': figures,
+  }
+  if spread:
+    report['spread'] = spread
+  report['seconds'] = round(time.perf_counter() - start, 2)
+  write_report(workdir, report)
+  return report
+
+
+def aggregate(
+  reports: Sequence[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(means, spread) of metric dicts: lists averaged elementwise; spread is
+  {name: {'std', 'values'}} over the dicts (empty for a single one)."""
+  means = {
+    k: (
+      [float(np.mean(v)) for v in zip(*(r[k] for r in reports), strict=True)]
+      if isinstance(reports[0][k], list)
+      else float(np.mean([r[k] for r in reports]))
+    )
+    for k in reports[0]
+  }
+  for k, v in reports[0].items():
+    if isinstance(v, int) and len(reports) == 1:
+      means[k] = v
+  if len(reports) == 1:
+    return means, {}
+  spread = {
+    k: {
+      'std': float(np.std([r[k] for r in reports], ddof=1)),
+      'values': [r[k] for r in reports],
+    }
+    for k, v in reports[0].items()
+    if not isinstance(v, list)
+  }
+  return means, spread
+
+
+def evaluate(
+  workdir: str,
+  *,
+  num_samples: int = 10_000,
+  metrics: Sequence[str] = ('classifier',),
+  seeds: Sequence[int] = (0,),
+  inception_weights: str | None = None,
+  classifier_training: ClassifierTraining = ClassifierTraining(),
+) -> dict[str, Any]:
+  """Scores the latest checkpoint of `workdir`; writes and returns the report.
+
+  The report (W/eval/report_step_<step>.json) holds step, num_samples, the
+  z seeds, `metrics` (name -> value, the mean over the z seeds), `spread`
+  (several seeds: name -> std and per-seed values), `descriptions` (name ->
+  what it is), the figures written and per metric group its cache
+  fingerprint; the scalars go to TensorBoard in W/eval.
+
+  A workdir of several GANs (config.num_seeds = K) is scored member by
+  member (each member's report in its own W/seed_<s>/eval/), and the
+  report in W/eval/ gives the mean over the K GANs in `metrics` and their
+  spread: the seed-to-seed variation of training.
+  """
+  config = train.load_config(workdir)
+  inception_weights = check_metrics_available(config, metrics, inception_weights)
+  members = train.seed_members(config, workdir)
+  states = [train.restore_latest(wd, c) for c, wd in members]
+  for state, (_, wd) in zip(states, members, strict=True):
+    if state is None:
+      raise FileNotFoundError(
+        f'No checkpoint under {os.path.join(wd, "checkpoints")}: train first.'
+      )
+  if len({int(s.step) for s in states}) > 1:
+    raise ValueError(
+      f'The GANs in {workdir} are at different steps '
+      f'{[int(s.step) for s in states]}: relaunch training to bring them level.'
+    )
+  real_images = train.load_data(config, workdir)
+  reports = [
+    evaluate_generator(
+      wd,
+      c,
+      state,
+      num_samples=num_samples,
+      metrics=metrics,
+      seeds=seeds,
+      real_images=real_images,
+      inception_weights=inception_weights,
+      classifier_training=classifier_training,
+      cache_workdir=workdir,
+    )
+    for state, (c, wd) in zip(states, members, strict=True)
+  ]
+  if len(reports) == 1:
+    return reports[0]
+  values, spread = aggregate([r['metrics'] for r in reports])
+  report = {
+    k: reports[0][k] for k in ('step', 'num_samples', 'seeds', 'dataset', 'image_shape')
+  }
+  report |= {
+    'sample_batchnorm': config.sample_batchnorm,
+    'training_seeds': [c.seed for c, _ in members],
+    'metrics': values,
+    'spread': spread,
+    'descriptions': reports[0]['descriptions'],
+    'member_reports': [
+      os.path.join(wd, EVAL_DIR, f'report_step_{r["step"]}.json')
+      for r, (_, wd) in zip(reports, members, strict=True)
+    ],
+    'seconds': round(sum(r['seconds'] for r in reports), 2),
   }
   write_report(workdir, report)
   return report
 
 
+def coverage_png(path: str, fractions: Sequence[float], *, title: str) -> str:
+  """A bar chart of the share of samples per class, against the uniform
+  share (dashed line) and the 'missing' threshold (red); returns `path`."""
+  from PIL import Image, ImageDraw
+
+  k = len(fractions)
+  bar, gap, height, top, bottom, left = 36, 12, 240, 30, 40, 50
+  width = left + k * (bar + gap) + gap
+  scale = height / max(max(fractions), 1.5 / k)
+  image = Image.new('RGB', (width, top + height + bottom), 'white')
+  draw = ImageDraw.Draw(image)
+  draw.text((left, 8), title, fill='black')
+  base = top + height
+  draw.line([(left, base), (width - gap // 2, base)], fill='black')
+  for level, label in ((1 / k, 'uniform'), (MISSING_CLASS_SHARE / k, 'missing')):
+    y = base - level * scale
+    color = 'gray' if label == 'uniform' else 'red'
+    for x in range(left, width - gap, 8):
+      draw.line([(x, y), (x + 4, y)], fill=color)
+    draw.text((2, y - 6), label, fill=color)
+  for i, fraction in enumerate(fractions):
+    x0 = left + gap + i * (bar + gap)
+    color = (200, 40, 40) if fraction < MISSING_CLASS_SHARE / k else (60, 110, 200)
+    draw.rectangle([x0, base - fraction * scale, x0 + bar, base], fill=color)
+    draw.text((x0 + bar // 2 - 3, base + 6), str(i), fill='black')
+    draw.text((x0, base - fraction * scale - 14), f'{fraction:.3f}', fill='black')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}.png'
+  image.save(tmp)
+  os.replace(tmp, path)
+  return path
+
+
 def write_report(workdir: str, report: dict[str, Any]) -> str:
-  """Writes the JSON report atomically and the scalars to TensorBoard."""
+  """Writes the JSON report atomically and the scalars (and their spread,
+  as '<name>_std') to TensorBoard in W/eval; only process 0 writes."""
   directory = os.path.join(workdir, EVAL_DIR)
-  os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, f'report_step_{report["step"]}.json')
+  if jax.process_index() != 0:
+    return path
+  os.makedirs(directory, exist_ok=True)
   _write_atomic(path, json.dumps(report, indent=2).encode())
   scalars = {f'eval/{k}': v for k, v in report['metrics'].items() if np.isscalar(v)}
+  for k, v in report.get('spread', {}).items():
+    scalars[f'eval/{k}_std'] = v['std']
   writer = metric_writers.create_default_writer(directory)
   writer.write_scalars(report['step'], scalars)
   writer.flush()
@@ -562,13 +748,26 @@ def write_report(workdir: str, report: dict[str, Any]) -> str:
 
 
 def summary(report: dict[str, Any]) -> str:
-  lines = [f'step {report["step"]}, {report["num_samples"]} samples:']
+  seeds = report['seeds']
+  head = f'step {report["step"]}, {report["num_samples"]} samples'
+  if len(seeds) > 1:
+    head += f' for each of the z seeds {seeds}'
+  if 'training_seeds' in report:
+    head += f'; mean (std) over the GANs of seeds {report["training_seeds"]}'
+  elif len(seeds) > 1:
+    head += '; mean (std) over them'
+  lines = [head + ':']
+  spread = report.get('spread', {})
   for name, value in report['metrics'].items():
     if isinstance(value, list):
       value = ' '.join(f'{v:.3f}' for v in value)
     elif isinstance(value, float):
       value = f'{value:.4g}'
+    if name in spread:
+      value = f'{value} ({spread[name]["std"]:.2g})'
     lines.append(f'  {name}: {value}')
+  for name, path in report.get('figures', {}).items():
+    lines.append(f'  {name}: {path}')
   return '\n'.join(lines)
 
 
@@ -584,15 +783,24 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     '--inception_weights', default=None, help='pytorch-fid .pth file.'
   )
-  parser.add_argument('--seed', type=int, default=0, help='Seed of z.')
+  parser.add_argument('--seed', type=int, default=0, help='Seed of the first z.')
+  parser.add_argument(
+    '--num_z_seeds',
+    type=int,
+    default=1,
+    help='Score num_samples for each of the z seeds seed, seed + 1, ...; '
+    'report their mean and standard deviation.',
+  )
   args = parser.parse_args(argv)
   metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
   try:
+    if args.num_z_seeds < 1:
+      raise ValueError(f'--num_z_seeds must be >= 1, got {args.num_z_seeds}.')
     report = evaluate(
       args.workdir,
       num_samples=args.num_samples,
       metrics=metrics,
-      seed=args.seed,
+      seeds=range(args.seed, args.seed + args.num_z_seeds),
       inception_weights=args.inception_weights,
     )
   except (ValueError, FileNotFoundError) as e:

@@ -456,7 +456,10 @@ def download_weights(path: str, url: str = FID_WEIGHTS_URL, timeout: float = 60.
       os.remove(tmp)
 
 
-def _resolve_weights(path: str | None, download: bool) -> str:
+def resolve_weights(path: str | None, download: bool = True) -> str:
+  """The weights file to read: `path` (must exist), else $DCGAN_FID_WEIGHTS,
+  else the cache, downloaded once if `download`; FileNotFoundError saying
+  where to put it otherwise."""
   if path is not None:
     if not os.path.exists(path):
       raise FileNotFoundError(_missing_message(path, 'was given as path'))
@@ -495,7 +498,7 @@ def load_fid_inception(
   attempt into that location when it is missing. Raises FileNotFoundError
   (saying where to put which file) or ValueError (names/shapes that differ).
   """
-  resolved = _resolve_weights(None if path is None else os.fspath(path), download)
+  resolved = resolve_weights(None if path is None else os.fspath(path), download)
   state_dict = pth_reader.load_state_dict(resolved)
   module = FIDInceptionV3()
   return module, variables_from_state_dict(state_dict, module, source=resolved)

@@ -31,6 +31,10 @@ RESUMABLE_KEYS = frozenset(
     'sample_batchnorm',
     'checkpoint_every_steps',
     'keep_checkpoints',
+    'eval_every_steps',
+    'eval_metrics',
+    'eval_num_samples',
+    'inception_weights',
     # Applies only where 'stop' would have ended the run.
     'nonfinite',
     'data_dir',

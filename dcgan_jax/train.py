@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -418,6 +419,26 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     0.0 <= config.b1 < 1.0 and 0.0 <= config.b2 < 1.0,
     f'b1 and b2 must be in [0, 1), got {config.b1}, {config.b2}.',
   )
+  need(
+    config.eval_every_steps >= 0,
+    f'eval_every_steps must be >= 0 (0: never), got {config.eval_every_steps}.',
+  )
+  if config.eval_every_steps:
+    need(
+      config.eval_num_samples >= 10,
+      f'eval_num_samples must be at least 10, got {config.eval_num_samples}.',
+    )
+    metrics = eval_metrics(config)
+    need(
+      bool(metrics) and set(metrics) <= {'classifier', 'inception'},
+      "eval_metrics must be a comma-separated list of 'classifier' and "
+      f"'inception', got {config.eval_metrics!r}.",
+    )
+
+
+def eval_metrics(config: ml_collections.ConfigDict) -> list[str]:
+  """config.eval_metrics as a list of metric names."""
+  return [m.strip() for m in config.get('eval_metrics', '').split(',') if m.strip()]
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -832,6 +853,63 @@ def _restore_members(members, mngrs) -> list[GANState | None]:
   return [restore_latest(wd, c, step=step) for c, wd in members]
 
 
+def _make_periodic_eval(
+  config: ml_collections.ConfigDict,
+  members: list[tuple[ml_collections.ConfigDict, str]],
+  images: np.ndarray,
+) -> Callable[[GANState], None] | None:
+  """The evaluation run every config.eval_every_steps (None when off).
+
+  Checks now, before anything compiles, that the metrics can run (labels
+  for 'classifier', the weights file for 'inception'). The returned
+  function scores each GAN of a host state (leading axis: seeds) with
+  `dcgan_jax.evaluate` and logs a one-line summary.
+  """
+  if not config.eval_every_steps:
+    return None
+  from dcgan_jax import evaluate  # evaluate imports this module.
+
+  metrics = eval_metrics(config)
+  try:
+    weights = evaluate.check_metrics_available(
+      config, metrics, config.inception_weights or None
+    )
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(
+      f'eval_every_steps={config.eval_every_steps} with eval_metrics='
+      f'{config.eval_metrics!r} cannot run: {e}\nOr set '
+      '--config.eval_every_steps=0 to train without evaluation.'
+    ) from e
+
+  cache_workdir = members[0][1] if len(members) == 1 else os.path.dirname(members[0][1])
+
+  def run(host_state: GANState) -> None:
+    for k, (c, wd) in enumerate(members):
+      report = evaluate.evaluate_generator(
+        wd,
+        c,
+        jax.tree.map(lambda x, k=k: x[k], host_state),
+        num_samples=config.eval_num_samples,
+        metrics=metrics,
+        real_images=images,
+        inception_weights=weights,
+        cache_workdir=cache_workdir,  # One classifier for all seeds.
+      )
+      scalars = {
+        name: value
+        for name, value in report['metrics'].items()
+        if isinstance(value, float | int)
+      }
+      logging.info(
+        'Evaluation at step %d%s: %s',
+        report['step'],
+        f' (seed {c.seed})' if len(members) > 1 else '',
+        ', '.join(f'{name}={value:.4g}' for name, value in scalars.items()),
+      )
+
+  return run
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> GANState | list[GANState]:
@@ -851,6 +929,7 @@ def train_and_evaluate(
     for _, member_dir in members:
       _make_workdir(member_dir)
   images = load_data(config, workdir)
+  periodic_eval = _make_periodic_eval(config, members, images) if is_chief else None
 
   hyper = make_step_config(
     config, bn_axis_name='batch' if config.sync_batchnorm else None
@@ -991,6 +1070,12 @@ def train_and_evaluate(
         for k, mngr in enumerate(mngrs):
           member_state = jax.tree.map(lambda x, k=k: x[k], host_state)
           mngr.save(step, args=ocp.args.StandardSave(member_state))
+    eval_now = config.eval_every_steps and (
+      step % config.eval_every_steps == 0 or is_last
+    )
+    if eval_now and periodic_eval is not None:
+      with report.timed('eval'):
+        periodic_eval(jax.device_get(unreplicate(state)))
     if preempted:
       break
   preemption.close()

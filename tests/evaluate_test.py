@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import digits as digits_config
 from dcgan_jax import evaluate, models, sample, train
@@ -113,7 +114,7 @@ def test_classifier_cache_is_reused(workdir, first_report):
   assert again['details']['classifier']['cached'] is True
   assert again['metrics'] == first_report['metrics']  # Same z, same classifier.
   other_seed = evaluate.evaluate(
-    workdir, num_samples=NUM_SAMPLES, metrics=['classifier'], seed=1
+    workdir, num_samples=NUM_SAMPLES, metrics=['classifier'], seeds=[1]
   )
   assert (
     other_seed['metrics']['classifier_fd'] != first_report['metrics']['classifier_fd']
@@ -260,3 +261,93 @@ def test_classifier_is_retrained_when_its_fingerprint_changes(workdir, tmp_path)
   assert changed.cached is False and 'steps=4' in changed.fingerprint
   with open(tmp_path / evaluate.CLASSIFIER_DIR / 'classifier.json') as f:
     assert json.load(f)['fingerprint'] == changed.fingerprint
+
+
+def test_several_z_seeds_report_mean_and_spread(workdir, first_report):
+  report = evaluate.evaluate(
+    workdir, num_samples=NUM_SAMPLES, metrics=['classifier'], seeds=[0, 1, 2]
+  )
+  fds = report['spread']['classifier_fd']['values']
+  assert fds[0] == first_report['metrics']['classifier_fd']  # Seed 0 again.
+  assert len(set(fds)) == 3
+  assert report['metrics']['classifier_fd'] == pytest.approx(np.mean(fds))
+  assert report['spread']['classifier_fd']['std'] == pytest.approx(np.std(fds, ddof=1))
+  assert len(report['metrics']['class_fractions']) == 10
+  assert 'class_fractions' not in report['spread']
+  assert report['seeds'] == [0, 1, 2]
+  assert 'mean (std) over them' in evaluate.summary(report)
+
+
+def test_class_coverage_figure(workdir, first_report):
+  path = first_report['figures']['class_coverage']
+  assert path == os.path.join(workdir, 'eval', f'class_coverage_step_{NUM_STEPS}.png')
+  with Image.open(path) as image:
+    assert image.width > 400 and image.height > 200
+    pixels = np.asarray(image.convert('RGB'))
+  bars = (pixels == (60, 110, 200)).all(-1) | (pixels == (200, 40, 40)).all(-1)
+  assert bars.any(axis=0).sum() >= 10 * 30  # Ten bars, each ~36 px wide.
+
+
+def test_missing_inception_weights_fail_before_sampling(workdir, tmp_path, monkeypatch):
+  def no_sampling(*args, **kwargs):
+    raise AssertionError('sampled before checking the weights')
+
+  monkeypatch.setattr(evaluate, 'generate_samples', no_sampling)
+  with pytest.raises(FileNotFoundError, match='FID Inception weights not found'):
+    evaluate.evaluate(
+      workdir,
+      num_samples=NUM_SAMPLES,
+      metrics=['classifier', 'inception'],
+      inception_weights=str(tmp_path / 'missing.pth'),
+    )
+
+
+def test_periodic_evaluation_of_a_seed_ensemble(tmp_path_factory):
+  """eval_every_steps during training, for two GANs in one program; then the
+  command-line tool on the ensemble workdir: per-GAN reports plus mean/spread."""
+  config = tiny_config(str(tmp_path_factory.mktemp('tfds')))
+  config.num_train_steps = 30
+  config.checkpoint_every_steps = 30
+  config.sample_every_steps = 30
+  config.num_seeds = 2
+  config.eval_every_steps = 20
+  config.eval_num_samples = 100
+  workdir = str(tmp_path_factory.mktemp('ensemble'))
+  train.train_and_evaluate(config, workdir)
+  for seed in (0, 1):
+    eval_dir = os.path.join(workdir, f'seed_{seed}', 'eval')
+    names = os.listdir(eval_dir)
+    assert {'report_step_20.json', 'report_step_30.json'} <= set(names), names
+    assert any(name.startswith('events.out.tfevents') for name in names)
+    with open(os.path.join(eval_dir, 'report_step_30.json')) as f:
+      assert json.load(f)['num_samples'] == 100
+  # One classifier, shared by the GANs, trained once.
+  assert os.path.exists(
+    os.path.join(workdir, evaluate.CLASSIFIER_DIR, 'params.msgpack')
+  )
+  assert not os.path.exists(os.path.join(workdir, 'seed_0', evaluate.CLASSIFIER_DIR))
+
+  report = evaluate.evaluate(workdir, num_samples=100, metrics=['classifier'])
+  members = []
+  for path in report['member_reports']:
+    with open(path) as f:
+      members.append(json.load(f))
+  fds = [m['metrics']['classifier_fd'] for m in members]
+  assert report['training_seeds'] == [0, 1]
+  assert report['spread']['classifier_fd']['values'] == fds
+  assert report['metrics']['classifier_fd'] == pytest.approx(np.mean(fds))
+  assert fds[0] != fds[1]
+  assert os.path.exists(os.path.join(workdir, 'eval', 'report_step_30.json'))
+
+
+def test_evaluation_config_that_cannot_run_stops_before_training(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'))
+  config.eval_every_steps = 10
+  config.eval_metrics = 'classifier,inception'
+  config.inception_weights = str(tmp_path / 'missing.pth')
+  with pytest.raises(train.ConfigError, match='eval_every_steps=10.*FID Inception'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+  config.eval_metrics = 'classifier,fid'
+  with pytest.raises(train.ConfigError, match='eval_metrics must be'):
+    train.validate_config(config, 1)
