@@ -1,0 +1,204 @@
+"""A trained generator as a self-contained artefact that needs only JAX.
+
+  python -m dcgan_jax.export --workdir=W [--output=W/export] \
+      [--platforms=cpu,cuda,tpu] [--conv_impl=xla]
+
+Serialises G(z) of W's latest checkpoint with `jax.export`: the weights are
+baked in as constants, BatchNorm uses its running averages (inference mode,
+so each image depends on its own z only), and the batch size is symbolic.
+OUTPUT/ holds
+
+  generator.jaxexport  the serialised function z [B, z_dim] float32 ->
+                       images [B, H, W, C] float32 in [-1, 1]
+  signature.json       z_dim, z_dist, the image shape, step, platforms, ...
+  config.json          the full training config
+
+and loads in any Python with `jax` installed (not dcgan_jax):
+
+  from jax import export
+  with open('OUTPUT/generator.jaxexport', 'rb') as f:
+    generator = export.deserialize(f.read())
+  images = generator.call(z)  # z: float32 [B, z_dim], see signature.json
+
+`z_dist` 'uniform' means z ~ U[-1, 1]^z_dim, 'normal' z ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax import export as jax_export
+
+EXPORT_FILE = 'generator.jaxexport'
+SIGNATURE_FILE = 'signature.json'
+CONFIG_FILE = 'config.json'
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
+
+
+def export_generator(
+  config: ml_collections.ConfigDict,
+  g_variables: dict[str, Any],
+  *,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+  conv_impl: str = 'xla',
+) -> jax_export.Exported:
+  """G(z) with BatchNorm in inference mode and the variables as constants,
+  exported for `platforms` with a symbolic batch size.
+
+  `conv_impl` picks the convolution code baked in ('xla': XLA's convolutions,
+  right for accelerators; 'phases': dcgan_jax/strided.py, faster on CPU);
+  both compute the same function of the same parameters.
+  """
+  from dcgan_jax import models, sample
+
+  unknown = [p for p in platforms if p not in PLATFORMS]
+  if unknown or not platforms:
+    raise ValueError(f'platforms must be some of {list(PLATFORMS)}, got {platforms}.')
+  model_config = config.model.copy_and_resolve_references()
+  model_config.conv_impl = conv_impl
+  generator, _ = models.create_models(
+    model_config, image_size=config.image_size, num_channels=config.num_channels
+  )
+  variables = jax.device_get(g_variables)
+
+  def generate(z: jax.Array) -> jax.Array:
+    return sample.generate(generator, variables, z, batchnorm='running').astype(
+      jnp.float32
+    )
+
+  (batch,) = jax_export.symbolic_shape('batch')
+  z_spec = jax.ShapeDtypeStruct((batch, config.model.z_dim), jnp.float32)
+  return jax_export.export(jax.jit(generate), platforms=tuple(platforms))(z_spec)
+
+
+def signature(
+  config: ml_collections.ConfigDict, exported: jax_export.Exported, step: int
+) -> dict[str, Any]:
+  """What a user of the artefact needs to know to call it."""
+  return {
+    'function': 'images = generator.call(z)',
+    'z_shape': ['batch', config.model.z_dim],
+    'z_dim': config.model.z_dim,
+    'z_dist': config.model.z_dist,
+    'z_dtype': 'float32',
+    'image_shape': ['batch', config.image_size, config.image_size, config.num_channels],
+    'image_range': [-1.0, 1.0],
+    'image_to_uint8': 'clip(round((images + 1) * 127.5), 0, 255)',
+    'batchnorm': 'running averages (inference mode)',
+    'step': step,
+    'dataset': config.dataset,
+    'seed': config.seed,
+    'platforms': list(exported.platforms),
+    'jax_version': jax.__version__,
+    'calling_convention_version': exported.calling_convention_version,
+  }
+
+
+def write_artefact(
+  output: str,
+  config: ml_collections.ConfigDict,
+  exported: jax_export.Exported,
+  step: int,
+) -> None:
+  """Writes OUTPUT/{generator.jaxexport, signature.json, config.json}.
+
+  The files are written into a temporary sibling directory which then
+  replaces OUTPUT, so a crash never leaves a half-written artefact there.
+  """
+  output = os.path.abspath(output)
+  parent = os.path.dirname(output)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(output)}.tmp-')
+  try:
+    with open(os.path.join(tmp, EXPORT_FILE), 'wb') as f:
+      f.write(exported.serialize())
+    with open(os.path.join(tmp, SIGNATURE_FILE), 'w') as f:
+      json.dump(signature(config, exported, step), f, indent=2)
+    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
+      f.write(config.to_json(indent=2, sort_keys=True))
+    if os.path.isdir(output):
+      old = f'{tmp}-old'
+      os.replace(output, old)
+      os.replace(tmp, output)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, output)
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp)
+
+
+def export_workdir(
+  workdir: str,
+  output: str | None = None,
+  *,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+  conv_impl: str = 'xla',
+) -> str:
+  """Exports the latest checkpoint of `workdir` to `output` (default
+  W/export); returns the output directory."""
+  from dcgan_jax import train
+
+  config = train.load_config(workdir)
+  if config.get('num_seeds', 1) > 1:
+    members = ', '.join(wd for _, wd in train.seed_members(config, workdir))
+    raise ValueError(
+      f'{workdir} holds {config.num_seeds} GANs (num_seeds); export one of '
+      f'them with --workdir set to one of: {members}.'
+    )
+  state = train.restore_latest(workdir, config)
+  if state is None:
+    raise FileNotFoundError(
+      f'No checkpoint under {os.path.join(workdir, "checkpoints")}: train first.'
+    )
+  variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  exported = export_generator(
+    config, variables, platforms=platforms, conv_impl=conv_impl
+  )
+  output = output or os.path.join(workdir, 'export')
+  write_artefact(output, config, exported, int(state.step))
+  return output
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+    prog='python -m dcgan_jax.export', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument('--workdir', required=True, help='Training workdir.')
+  parser.add_argument('--output', default=None, help='Directory (default W/export).')
+  parser.add_argument(
+    '--platforms',
+    default=','.join(DEFAULT_PLATFORMS),
+    help=f'Comma-separated, of {list(PLATFORMS)}.',
+  )
+  parser.add_argument(
+    '--conv_impl',
+    default='xla',
+    choices=('xla', 'phases'),
+    help="'xla' (accelerators) or 'phases' (faster on CPU); same function.",
+  )
+  args = parser.parse_args(argv)
+  platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
+  try:
+    output = export_workdir(
+      args.workdir, args.output, platforms=platforms, conv_impl=args.conv_impl
+    )
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  print(f'Exported the generator to {output}/ ({EXPORT_FILE}, {SIGNATURE_FILE}).')
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  main(sys.argv[1:])
