@@ -1,5 +1,6 @@
 """Tests of dcgan_jax.input_pipeline and the sklearn_digits TFDS builder."""
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan_jax import digits_classifier
+from configs import mnist_files
+from dcgan_jax import digits_classifier, train
 from dcgan_jax import input_pipeline as ip
 
 
@@ -498,3 +500,124 @@ def test_bad_images_skip_with_nothing_left(tmp_path):
     ip.load_images(
       dataset=f'folder:{root}', image_size=8, num_channels=1, bad_images='skip'
     )
+
+
+# --------------------------------------------------------------------------
+# idx:DIR (MNIST's own file format).
+
+
+def _idx_bytes(array, type_byte=0x08):
+  """An IDX file's bytes: 00 00 TYPE NDIM, big-endian uint32 dims, the data."""
+  array = np.asarray(array)
+  header = bytes([0, 0, type_byte, array.ndim])
+  header += b''.join(int(d).to_bytes(4, 'big') for d in array.shape)
+  return header + array.astype(array.dtype.newbyteorder('>')).tobytes()
+
+
+def _write_idx(path, array, *, compress=False, type_byte=0x08):
+  data = _idx_bytes(array, type_byte)
+  path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture(scope='module')
+def mnist_test_set():
+  return digits_classifier.read_mnist()
+
+
+def test_idx_reads_the_real_mnist_files(mnist_test_set):
+  digits, labels = mnist_test_set
+  dataset = f'idx:{digits_classifier.MNIST_DIR}'
+  same = ip.load_images(dataset=dataset, split='test', image_size=28, num_channels=1)
+  assert same.shape == (10_000, 28, 28, 1) and same.dtype == np.uint8
+  np.testing.assert_array_equal(same[..., 0], digits)
+  got, num_classes = ip.load_labels(dataset=dataset, split='test')
+  assert got.dtype == np.int32 and num_classes == 10
+  np.testing.assert_array_equal(got, labels)
+  # At 32x32 RGB: the same preprocessing as every other source.
+  rgb = ip.load_images(dataset=dataset, split='test', image_size=32, num_channels=3)
+  assert rgb.shape == (10_000, 32, 32, 3)
+  np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+  pixels = ip.load_images(dataset=dataset, split='test', image_size=32, num_channels=1)
+  np.testing.assert_array_equal(pixels[..., 0], rgb[..., 0])
+  reference = np.asarray(
+    Image.fromarray(digits[0]).resize((32, 32), Image.Resampling.BILINEAR)
+  )
+  assert np.corrcoef(pixels[0, ..., 0].ravel(), reference.ravel())[0, 1] > 0.95
+
+
+def test_idx_plain_and_gzipped_files_and_both_splits(tmp_path, mnist_test_set):
+  digits, labels = mnist_test_set
+  _write_idx(tmp_path / 'train-images-idx3-ubyte', digits[:50])
+  _write_idx(tmp_path / 'train-labels-idx1-ubyte', labels[:50])
+  _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', digits[50:70], compress=True)
+  _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', labels[50:70], compress=True)
+  kw = dict(dataset=f'idx:{tmp_path}', image_size=28, num_channels=1)
+  for split, rows in (('train', slice(0, 50)), ('test', slice(50, 70))):
+    np.testing.assert_array_equal(
+      ip.load_images(split=split, **kw)[..., 0], digits[rows]
+    )
+    got, _ = ip.load_labels(dataset=kw['dataset'], split=split)
+    np.testing.assert_array_equal(got, labels[rows])
+  # The disk cache is keyed by split (and the files).
+  disk = dict(kw, cache='disk', cache_dir=str(tmp_path / 'cache'))
+  np.testing.assert_array_equal(
+    ip.load_images(split='test', **disk)[..., 0], digits[50:70]
+  )
+  np.testing.assert_array_equal(
+    ip.load_images(split='train', **disk)[..., 0], digits[:50]
+  )
+  assert len(os.listdir(tmp_path / 'cache')) == 2
+  # Other element types parse too (here int32 labels).
+  _write_idx(tmp_path / 'x', np.array([3, -1, 70000], np.int32), type_byte=0x0C)
+  assert ip.read_idx(str(tmp_path / 'x')).tolist() == [3, -1, 70000]
+
+
+def test_idx_missing_files_and_splits_are_named(tmp_path, mnist_test_set):
+  digits, labels = mnist_test_set
+  _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', digits[:10], compress=True)
+  kw = dict(dataset=f'idx:{tmp_path}', image_size=28, num_channels=1)
+  with pytest.raises(FileNotFoundError) as error:
+    ip.load_images(split='train', **kw)
+  message = str(error.value)
+  assert 'train-images-idx3-ubyte' in message and str(tmp_path) in message
+  assert 'config.split' in message and "['test']" in message
+  with pytest.raises(FileNotFoundError, match='t10k-labels-idx1-ubyte'):
+    ip.load_labels(dataset=kw['dataset'], split='test')
+  with pytest.raises(ValueError, match=r"splits \['train', 'test'\]"):
+    ip.load_images(split='validation', **kw)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    ip.load_images(**{**kw, 'dataset': f'idx:{tmp_path / "nowhere"}'}, split='test')
+  with pytest.raises(ValueError, match='idx:DIR'):
+    ip.load_images(**{**kw, 'dataset': 'idx:'}, split='test')
+  # Training reports it in one line that says what to change.
+  config = mnist_files.get_config()
+  config.dataset = f'idx:{tmp_path}'
+  config.split = 'train'
+  with pytest.raises(train.ConfigError, match='train-images-idx3-ubyte'):
+    train.load_data(config, str(tmp_path / 'workdir'))
+
+
+def test_idx_corrupt_files_are_named(tmp_path, mnist_test_set):
+  digits, labels = mnist_test_set
+  images = tmp_path / 't10k-images-idx3-ubyte'
+  labels_file = tmp_path / 't10k-labels-idx1-ubyte'
+  _write_idx(labels_file, labels[:10])
+  kw = dict(dataset=f'idx:{tmp_path}', split='test', image_size=28, num_channels=1)
+  good = _idx_bytes(digits[:10])
+  for data, match in [
+    (b'\x89PNG' + good[4:], 'is not an IDX file: it starts with bytes 89 50 4e 47'),
+    (b'', r'not an IDX file: it starts with bytes \(none\)'),
+    (good[:-5], r'shape \(10, 28, 28\) \(7840 bytes\).*7835 bytes.*truncated'),
+    (good + b'\0', 'holds 7841 bytes'),
+    (good[:10], 'announces 3 dimensions, which the file cannot hold'),
+    (_idx_bytes(digits[:10].astype(np.int32), 0x0C), 'holds int32 data'),
+    (gzip.compress(good)[:-20], 'Cannot read the IDX file'),
+  ]:
+    images.write_bytes(data)
+    with pytest.raises(ValueError, match=match) as error:
+      ip.load_images(**kw)
+    assert str(images) in str(error.value)
+  images.write_bytes(good)
+  _write_idx(labels_file, labels[:9])
+  with pytest.raises(ValueError, match='has 9 labels but .* 10 images'):
+    ip.load_labels(dataset=kw['dataset'], split='test')
