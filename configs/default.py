@@ -168,8 +168,9 @@ def get_config() -> ml_collections.ConfigDict:
   # `python -m dcgan_jax.evaluate` does: WORKDIR/eval/report_step_<s>.json
   # and TensorBoard scalars eval/... in WORKDIR/eval. 0: never.
   config.eval_every_steps = 0
-  # Comma-separated: 'classifier' (labelled data sets; offline) and/or
-  # 'inception' (FID, KID, IS; needs the FID Inception weights).
+  # Comma-separated: 'classifier' (labelled data sets; offline),
+  # 'inception' (FID, KID, IS; needs the FID Inception weights) and/or
+  # 'memorization' (nearest training images of samples, PNGs in eval/).
   config.eval_metrics = 'classifier'
   config.eval_num_samples = 5000
   # The pytorch-fid Inception weights file; '' = $DCGAN_FID_WEIGHTS or the

@@ -1,26 +1,38 @@
 """Scores of a trained generator that the literature can compare with.
 
   python -m dcgan_jax.evaluate --workdir=W [--num_samples=10000] \
-      [--metrics=classifier,inception] [--inception_weights=PATH] [--seed=0]
+      [--metrics=auto|classifier,inception,memorization] \
+      [--inception_weights=PATH] [--seed=0] [--num_z_seeds=1]
 
 Loads W's config and latest checkpoint, draws `num_samples` images G(z) (z
 from `seed`, independent of the training keys; BatchNorm as the sample tool
 uses it, config.sample_batchnorm), quantises them to uint8 like saved images,
 and computes:
 
-- 'classifier' (labelled data sets: 'digits', 'mnist', ...): a small CNN
-  trained here on the real training images and labels at W's size and
-  channels, cached in W/eval/classifier/. classifier_fd is the Frechet
+- 'classifier' (labelled data sets: 'digits', 'mnist', 'idx:DIR', ...): a
+  small CNN trained here on the real training images and labels at W's size
+  and channels, cached in W/eval/classifier/. classifier_fd is the Frechet
   distance between its penultimate-layer features of the samples and of the
   real training images; class_fractions, missing_classes, mean_confidence
-  read its predictions. Offline; comparable between runs on the same data
-  set, size and channels (the fingerprint), not with papers' FID.
+  read its predictions (and W/eval/class_coverage_step_<step>.png draws the
+  class shares). Offline; comparable between runs on the same data set, size
+  and channels (the fingerprint), not with papers' FID.
 - 'inception': FID, KID and IS with pytorch-fid's Inception-v3 weights (see
   dcgan_jax.inception), against the real training images; their statistics
   are computed once and cached in W/eval/ with a fingerprint.
+- 'memorization': the nearest training images of (at most 2,000) samples in
+  pixel space and in D's feature space (dcgan_jax.linear_probe), as PNGs of
+  each sample beside its neighbours and histograms of sample-to-train
+  against train-to-train distances (dcgan_jax.memorization).
+
+'auto' (the default) is every metric that can run here: 'classifier' where
+the data set has labels, 'inception' where the weights file is present,
+'memorization' always. `--num_z_seeds=K` scores K independent sets of
+samples and reports mean and standard deviation; a workdir of several GANs
+(config.num_seeds) is scored GAN by GAN, with mean and spread over them.
 
 Writes W/eval/report_step_<step>.json and the scalars ('eval/...') to
-TensorBoard in W/eval, at the checkpoint's step.
+TensorBoard in W/eval, at the checkpoint's step; only process 0 writes.
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from scipy import special
 
 from dcgan_jax import gan_metrics, inception, input_pipeline, models, sample, train
 
-METRICS = ('classifier', 'inception')
+METRICS = ('classifier', 'inception', 'memorization')
 EVAL_DIR = 'eval'
 CLASSIFIER_DIR = os.path.join(EVAL_DIR, 'classifier')
 # Folded into key(seed): z for evaluation never equals the training run's z.
@@ -56,6 +68,8 @@ _EVAL_KEY_TAG = 0x6576616C  # 'eval'
 MISSING_CLASS_SHARE = 0.1
 # Real Inception features kept for KID (a fixed subset of the training set).
 KID_REFERENCE_SIZE = 5000
+# Samples whose nearest training images are searched ('memorization').
+MEMORIZATION_SAMPLES = 2000
 _CLASSIFIER_VERSION = 'cnn-v1'  # Bump when the architecture or training changes.
 
 DESCRIPTIONS = {
@@ -88,6 +102,21 @@ DESCRIPTIONS = {
   'is': 'Inception Score (Salimans et al. 2016), mean over 10 splits.',
   'is_std': 'Standard deviation of the Inception Score over its splits.',
 }
+for _space, _what in (('pixels', 'pixel space'), ('dfeatures', "D's pooled features")):
+  DESCRIPTIONS |= {
+    f'memorization_{_space}_share_below_train_p01': (
+      f'Share of samples (at most {MEMORIZATION_SAMPLES}) whose nearest training '
+      f'image, in {_what}, is closer than the 1st percentile of training images '
+      'to their nearest other training image. About 0.01 without memorisation.'
+    ),
+    f'memorization_{_space}_exact_copies': (
+      f'Samples within round-off of a training image in {_what}.'
+    ),
+    f'memorization_{_space}_median_ratio': (
+      f'Median sample-to-train over median train-to-train nearest-neighbour '
+      f'distance in {_what}; well below 1 suggests copies.'
+    ),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -496,10 +525,80 @@ def compute_metrics(
   return values, details
 
 
+def memorization_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  state: train.GANState,
+  samples: np.ndarray,
+  real_images: np.ndarray,
+  *,
+  seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details): nearest training images of the samples, in pixel
+  space and in the space of D's pooled convolutional features (the linear
+  probe's), written as W/eval/memorization_step_<step>_*.png."""
+  from dcgan_jax import linear_probe, memorization
+
+  step = int(state.step)
+  features = {}
+  if config.model.arch != 'mlp':  # D without convolutions: pixels only.
+    d_variables = {'params': state.d_params, 'batch_stats': state.d_batch_stats}
+    features = {
+      'sample_features': linear_probe.discriminator_features(
+        config, d_variables, samples
+      ),
+      'train_features': linear_probe.discriminator_features(
+        config, d_variables, real_images
+      ),
+    }
+  result = memorization.memorization_report(
+    samples,
+    real_images,
+    out_dir=os.path.join(workdir, EVAL_DIR),
+    prefix=f'memorization_step_{step}',
+    seed=seed,
+    **features,
+  )
+  metrics, figures = {}, {}
+  for space in ('pixels', 'dfeatures'):
+    if space not in result:
+      continue
+    part = result[space]
+    metrics[f'memorization_{space}_share_below_train_p01'] = part[
+      'share_below_train_p01'
+    ]
+    metrics[f'memorization_{space}_exact_copies'] = part['num_exact_copies']
+    metrics[f'memorization_{space}_median_ratio'] = part['median_ratio']
+    figures[f'memorization_neighbours_{space}'] = part['neighbours_png']
+    figures[f'memorization_distances_{space}'] = part['distances_png']
+  return metrics, {**result, 'figures': figures}
+
+
 def _check_metrics(metrics: Sequence[str]) -> None:
   unknown = [m for m in metrics if m not in METRICS]
   if unknown or not metrics:
     raise ValueError(f'metrics must be some of {list(METRICS)}, got {list(metrics)}.')
+
+
+def available_metrics(
+  config: ml_collections.ConfigDict, inception_weights: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+  """('auto' metrics, {left-out metric: why}): 'classifier' if the data set
+  has labels, 'inception' if the weights file exists (no download),
+  'memorization' always."""
+  metrics, skipped = [], {}
+  try:
+    load_labels(config)
+    metrics.append('classifier')
+  except ValueError as e:
+    skipped['classifier'] = str(e).split(' (')[0] + ': the data set has no labels.'
+  try:
+    inception.resolve_weights(inception_weights, download=False)
+    metrics.append('inception')
+  except FileNotFoundError as e:
+    skipped['inception'] = str(e)
+  metrics.append('memorization')
+  return metrics, skipped
 
 
 def check_metrics_available(
@@ -530,6 +629,7 @@ def evaluate_generator(
   inception_weights: str | None = None,
   classifier_training: ClassifierTraining = ClassifierTraining(),
   cache_workdir: str | None = None,
+  skipped: dict[str, str] | None = None,
 ) -> dict[str, Any]:
   """Scores the generator of `state` (a single GAN of the run in `workdir`).
 
@@ -540,7 +640,8 @@ def evaluate_generator(
   as W/eval/class_coverage_step_<step>.png. Writes the report (see
   `write_report`) and returns it. The classifier and the real images'
   statistics are cached under `cache_workdir` (default: `workdir`), so the
-  GANs of one ensemble share them.
+  GANs of one ensemble share them. `skipped` (metric -> why it did not run)
+  is recorded in the report.
   """
   _check_metrics(metrics)
   if num_samples < 10:
@@ -566,13 +667,21 @@ def evaluate_generator(
       seed=seed,
     )
     per_seed.append(values)
-    if 'classifier' in metrics and not figures:
+    if seed == seeds[0]:
+      first_images = images[:MEMORIZATION_SAMPLES]
+    if 'classifier' in metrics and not figures and jax.process_index() == 0:
       figures['class_coverage'] = coverage_png(
         os.path.join(workdir, EVAL_DIR, f'class_coverage_step_{step}.png'),
         values['class_fractions'],
         title=f'step {step}: share of {num_samples} samples per class',
       )
   values, spread = aggregate(per_seed)
+  if 'memorization' in metrics and jax.process_index() == 0:  # Writes PNGs.
+    v, details['memorization'] = memorization_metrics(
+      workdir, config, state, first_images, real_images, seed=seeds[0]
+    )
+    values.update(v)
+    figures.update(details['memorization'].pop('figures'))
   report = {
     'step': step,
     'num_samples': num_samples,
@@ -585,6 +694,8 @@ def evaluate_generator(
     'details': details,
     'figures': figures,
   }
+  if skipped:
+    report['skipped'] = skipped
   if spread:
     report['spread'] = spread
   report['seconds'] = round(time.perf_counter() - start, 2)
@@ -644,6 +755,9 @@ def evaluate(
   spread: the seed-to-seed variation of training.
   """
   config = train.load_config(workdir)
+  skipped = {}
+  if list(metrics) == ['auto']:
+    metrics, skipped = available_metrics(config, inception_weights)
   inception_weights = check_metrics_available(config, metrics, inception_weights)
   members = train.seed_members(config, workdir)
   states = [train.restore_latest(wd, c) for c, wd in members]
@@ -670,6 +784,7 @@ def evaluate(
       inception_weights=inception_weights,
       classifier_training=classifier_training,
       cache_workdir=workdir,
+      skipped=skipped,
     )
     for state, (c, wd) in zip(states, members, strict=True)
   ]
@@ -685,6 +800,7 @@ def evaluate(
     'metrics': values,
     'spread': spread,
     'descriptions': reports[0]['descriptions'],
+    **({'skipped': skipped} if skipped else {}),
     'member_reports': [
       os.path.join(wd, EVAL_DIR, f'report_step_{r["step"]}.json')
       for r, (_, wd) in zip(reports, members, strict=True)
@@ -768,6 +884,8 @@ def summary(report: dict[str, Any]) -> str:
     lines.append(f'  {name}: {value}')
   for name, path in report.get('figures', {}).items():
     lines.append(f'  {name}: {path}')
+  for name, why in report.get('skipped', {}).items():
+    lines.append(f'  not run: {name}: {why.splitlines()[0]}')
   return '\n'.join(lines)
 
 
@@ -778,7 +896,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--workdir', required=True, help='Training workdir.')
   parser.add_argument('--num_samples', type=int, default=10_000)
   parser.add_argument(
-    '--metrics', default='classifier', help=f'Comma-separated, of {list(METRICS)}.'
+    '--metrics',
+    default='auto',
+    help=f"Comma-separated, of {list(METRICS)}; 'auto': all that can run here.",
   )
   parser.add_argument(
     '--inception_weights', default=None, help='pytorch-fid .pth file.'

@@ -430,9 +430,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     )
     metrics = eval_metrics(config)
     need(
-      bool(metrics) and set(metrics) <= {'classifier', 'inception'},
-      "eval_metrics must be a comma-separated list of 'classifier' and "
-      f"'inception', got {config.eval_metrics!r}.",
+      bool(metrics) and set(metrics) <= {'classifier', 'inception', 'memorization'},
+      "eval_metrics must be a comma-separated list of 'classifier', "
+      f"'inception' and 'memorization', got {config.eval_metrics!r}.",
     )
 
 

@@ -230,8 +230,7 @@ def test_command_line(workdir, first_report):
       '-m',
       'dcgan_jax.evaluate',
       f'--workdir={workdir}',
-      f'--num_samples={NUM_SAMPLES}',
-      '--metrics=classifier',
+      f'--num_samples={NUM_SAMPLES}',  # --metrics=auto: all that can run.
     ],
     cwd=REPO,
     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'),
@@ -244,6 +243,40 @@ def test_command_line(workdir, first_report):
   assert 'classifier_fd' in result.stdout
   fd = first_report['metrics']['classifier_fd']
   assert f'{fd:.4g}' in result.stdout
+  assert 'not run: inception: FID Inception weights not found' in result.stdout
+  with open(os.path.join(workdir, 'eval', f'report_step_{NUM_STEPS}.json')) as f:
+    report = json.load(f)
+  assert 'memorization_pixels_share_below_train_p01' in report['metrics']
+  assert 'memorization_dfeatures_median_ratio' in report['metrics']
+  for name in ('class_coverage', 'memorization_neighbours_pixels'):
+    assert os.path.exists(report['figures'][name]), name
+    assert report['figures'][name] in result.stdout
+
+
+def test_memorization_of_a_generator_that_copies_training_images(workdir):
+  """Samples that are training images are flagged; real held-out-like
+  samples (other training images, not copies) are not."""
+  config = train.load_config(workdir)
+  state = train.restore_latest(workdir, config)
+  real = train.load_data(config, workdir)
+  order = np.random.default_rng(0).permutation(len(real))
+  copies = real[order[:200]]
+  metrics, details = evaluate.memorization_metrics(
+    str(workdir), config, state, copies, real
+  )
+  assert metrics['memorization_pixels_exact_copies'] == 200
+  assert metrics['memorization_dfeatures_share_below_train_p01'] > 0.9
+  assert details['pixels']['memorisation_suspected']
+  half = len(real) // 2
+  metrics, details = evaluate.memorization_metrics(
+    str(workdir), config, state, real[order[:half]][:300], real[order[half:]]
+  )
+  assert metrics['memorization_pixels_exact_copies'] == 0
+  assert metrics['memorization_pixels_share_below_train_p01'] < 0.05
+  assert 0.8 < metrics['memorization_pixels_median_ratio'] < 1.25
+  for name, path in details['figures'].items():
+    with Image.open(path) as image:
+      assert image.width > 100, name
 
 
 def test_classifier_is_retrained_when_its_fingerprint_changes(workdir, tmp_path):
