@@ -15,6 +15,7 @@ the global batch; the name is only used in train mode outside init.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,10 @@ class LayerSettings:
   # Dtype of the convolutions and matrix products ('bfloat16': mixed
   # precision). Parameters and BatchNorm statistics are always float32.
   dtype: Any = jnp.float32
+  # Guided backpropagation (Springenberg et al. 2015) through the LeakyReLUs:
+  # gradients pass only where both the input and the incoming gradient are
+  # positive. Same forward pass; for visualising D's features only.
+  guided_backprop: bool = False
 
   @property
   def kernel_init(self) -> Callable[..., jax.Array]:
@@ -156,7 +161,26 @@ class LayerSettings:
 
   def leaky_relu(self, x: jax.Array) -> jax.Array:
     """LeakyReLU with the configured negative slope."""
+    if self.guided_backprop:
+      return _guided_leaky_relu(x, self.leaky_slope)
     return nn.leaky_relu(x, negative_slope=self.leaky_slope)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _guided_leaky_relu(x: jax.Array, slope: float) -> jax.Array:
+  return nn.leaky_relu(x, negative_slope=slope)
+
+
+def _guided_fwd(x: jax.Array, slope: float):
+  return _guided_leaky_relu(x, slope), x
+
+
+def _guided_bwd(slope: float, x: jax.Array, g: jax.Array):
+  del slope  # Negative inputs pass no gradient, like ReLU in guided backprop.
+  return (jnp.where((x > 0) & (g > 0), g, jnp.zeros_like(g)),)
+
+
+_guided_leaky_relu.defvjp(_guided_fwd, _guided_bwd)
 
 
 def _maybe_bn(

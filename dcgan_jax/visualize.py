@@ -1,0 +1,600 @@
+"""Pictures of what a trained DCGAN learned (the paper's qualitative figures).
+
+  python -m dcgan_jax.visualize sheet --workdir=W [--num=100] [--seed=0]
+  python -m dcgan_jax.visualize interpolate --workdir=W [--pairs=6] [--steps=10]
+  python -m dcgan_jax.visualize arithmetic --workdir=W --a=I,J,K --b=I,J,K --c=I,J,K
+  python -m dcgan_jax.visualize movie --workdir=W [--fps=4]
+  python -m dcgan_jax.visualize guided_backprop --workdir=W [--layer=-1] [--units=8]
+  python -m dcgan_jax.visualize gallery --workdir=W --output=DIR
+
+Every command writes into --output (default W/visualize/) and prints the
+files. G's BatchNorm: --batchnorm 'running' (default: its running averages,
+each image a function of its own z only, as needed to compare images of
+different z), 'reference' (the statistics of a fixed batch of 256 z: looks
+like training-time samples, still one image per z) or 'batch' (statistics
+of the batch being drawn: images depend on each other).
+
+- sheet: a numbered sheet of samples from z seed `seed`; its z are saved
+  beside it (sheet_seed<S>.npz) and `arithmetic` picks concepts by these
+  numbers.
+- interpolate: for pairs of random z, G along the straight line ('linear')
+  and along the great circle ('slerp', White 2016) between them: a PNG grid
+  per method (one pair per row) and a GIF that walks through all pairs.
+- arithmetic: the paper's vector arithmetic (section 6.3.2): the mean z of
+  the sheet samples a, b and c (three per concept), then
+  mean(a) - mean(b) + mean(c), shown with samples at small random
+  perturbations of it (uniform noise of +-`noise`).
+- movie: the fixed-z sample grids the run saved (W/samples/step_*.png) as an
+  animated GIF: training in motion.
+- guided_backprop: for D's layer `layer`, the `units` channels with the
+  largest activation over real images; for each, guided backpropagation
+  (Springenberg et al. 2015) of its strongest activation to the input, for
+  the trained D and for a randomly initialised D side by side (the paper's
+  figure 5).
+- gallery: all of the above with fixed choices, into one directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dcgan_jax import models, sample
+
+OUTPUT_DIR = 'visualize'
+MIN_TILE = 64  # Small images are enlarged (nearest neighbour) to this size.
+_SHEET_KEY_TAG = 0x73686565  # 'shee'
+_WALK_KEY_TAG = 0x77616C6B  # 'walk'
+_PERTURB_KEY_TAG = 0x70657274  # 'pert'
+
+
+# ----------------------------------------------------------------------------
+# Drawing.
+
+
+def enlarge(images: np.ndarray, min_size: int = MIN_TILE) -> np.ndarray:
+  """uint8 [N, H, W, C] enlarged by the integer factor that makes the smaller
+  side at least `min_size` (nearest neighbour: pixels stay visible)."""
+  factor = max(1, math.ceil(min_size / min(images.shape[1:3])))
+  return images.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def _rgb(images: np.ndarray) -> np.ndarray:
+  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def labelled_grid(
+  images: np.ndarray,
+  labels: Sequence[str] | None = None,
+  *,
+  num_cols: int,
+  title: str | None = None,
+  row_labels: Sequence[str] | None = None,
+  pad: int = 4,
+) -> Image.Image:
+  """An RGB grid of uint8 [N, H, W, C] images (enlarged to >= MIN_TILE px),
+  each with an optional caption above it, rows with an optional label at
+  the left, and an optional title line."""
+  tiles = _rgb(enlarge(images))
+  n, h, w, _ = tiles.shape
+  num_rows = math.ceil(n / num_cols)
+  caption = 12 if labels else 0
+  left = 8 + 7 * max((len(r) for r in row_labels), default=0) if row_labels else 0
+  top = 18 if title else 0
+  width = left + num_cols * (w + pad) + pad
+  height = top + num_rows * (h + caption + pad) + pad
+  canvas = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(canvas)
+  if title:
+    draw.text((pad, 3), title, fill='black')
+  for i, tile in enumerate(tiles):
+    r, c = divmod(i, num_cols)
+    x = left + pad + c * (w + pad)
+    y = top + pad + r * (h + caption + pad)
+    if labels:
+      draw.text((x, y - 1), labels[i], fill='black')
+    canvas.paste(Image.fromarray(tile), (x, y + caption))
+  for r, label in enumerate(row_labels or ()):
+    y = top + pad + r * (h + caption + pad) + caption + h // 2 - 6
+    draw.text((4, y), label, fill='black')
+  return canvas
+
+
+def side_by_side(images: Sequence[Image.Image], gap: int = 16) -> Image.Image:
+  width = sum(i.width for i in images) + gap * (len(images) - 1)
+  canvas = Image.new('RGB', (width, max(i.height for i in images)), 'white')
+  x = 0
+  for image in images:
+    canvas.paste(image, (x, 0))
+    x += image.width + gap
+  return canvas
+
+
+def save_image(image: Image.Image, path: str) -> str:
+  """PNG, atomically (temp file + rename)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}.png'
+  image.save(tmp, format='PNG')
+  os.replace(tmp, path)
+  return path
+
+
+def save_gif(
+  frames: Sequence[Image.Image], path: str, *, fps: float, hold_last: float = 0.0
+) -> str:
+  """An endlessly looping animated GIF, atomically; the last frame stays
+  `hold_last` seconds longer."""
+  if not frames:
+    raise ValueError('no frames to write')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}.gif'
+  frames = [  # One exact palette per frame: small files, no dithering noise.
+    f.convert('RGB').quantize(colors=256, dither=Image.Dither.NONE) for f in frames
+  ]
+  frames[0].save(
+    tmp,
+    format='GIF',
+    save_all=True,
+    append_images=frames[1:],
+    duration=[max(20, round(1000 / fps))] * (len(frames) - 1)
+    + [max(20, round(1000 / fps + 1000 * hold_last))],
+    loop=0,
+    disposal=1,
+  )
+  os.replace(tmp, path)
+  return path
+
+
+# ----------------------------------------------------------------------------
+# Generator and z.
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run: its config, state and generator function."""
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  state: Any
+  batchnorm: str
+
+  @property
+  def g_variables(self) -> dict[str, Any]:
+    return {'params': self.state.g_params, 'batch_stats': self.state.g_batch_stats}
+
+  @property
+  def d_variables(self) -> dict[str, Any]:
+    return {'params': self.state.d_params, 'batch_stats': self.state.d_batch_stats}
+
+  def generate(self, z: jax.Array | np.ndarray) -> np.ndarray:
+    """uint8 images G(z)."""
+    fn = sample.generator_fn(self.config, self.g_variables, batchnorm=self.batchnorm)
+    return sample.to_uint8(fn(jnp.asarray(z, jnp.float32)))
+
+  def z(self, seed: int, tag: int, num: int) -> np.ndarray:
+    key = jax.random.fold_in(jax.random.key(seed), tag)
+    model = self.config.model
+    return np.asarray(models.sample_z(key, num, model.z_dim, model.z_dist))
+
+
+def load_run(workdir: str, batchnorm: str = 'running') -> Run:
+  config, state = sample.load_generator(workdir)
+  if batchnorm not in sample.BATCHNORM_MODES:
+    raise ValueError(
+      f'batchnorm must be one of {sample.BATCHNORM_MODES}, got {batchnorm!r}.'
+    )
+  return Run(workdir, config, state, batchnorm)
+
+
+def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """Spherical interpolation [len(t), D] from z0 to z1 (linear when they
+  are parallel): angle-proportional along the great circle, norms
+  interpolated linearly."""
+  z0, z1, t = (np.asarray(a, np.float64) for a in (z0, z1, t))
+  n0, n1 = np.linalg.norm(z0), np.linalg.norm(z1)
+  u0, u1 = z0 / n0, z1 / n1
+  omega = np.arccos(np.clip(u0 @ u1, -1.0, 1.0))
+  if omega < 1e-6:
+    return lerp(z0, z1, t)
+  dirs = (
+    np.sin((1 - t)[:, None] * omega) * u0 + np.sin(t[:, None] * omega) * u1
+  ) / np.sin(omega)
+  return (dirs * ((1 - t) * n0 + t * n1)[:, None]).astype(np.float32)
+
+
+def lerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
+  t = np.asarray(t, np.float64)[:, None]
+  return ((1 - t) * z0 + t * z1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# The tools.
+
+
+def sheet(run: Run, output: str, *, num: int = 100, seed: int = 0) -> list[str]:
+  """Numbered samples (PNG) and their z (npz) for `arithmetic`."""
+  if num < 1:
+    raise ValueError(f'num must be >= 1, got {num}.')
+  z = run.z(seed, _SHEET_KEY_TAG, num)
+  images = run.generate(z)
+  grid = labelled_grid(
+    images,
+    [str(i) for i in range(num)],
+    num_cols=math.ceil(math.sqrt(num)),
+    title=f'sample sheet, z seed {seed}, BatchNorm {run.batchnorm}',
+  )
+  png = save_image(grid, os.path.join(output, f'sheet_seed{seed}.png'))
+  npz = os.path.join(output, f'sheet_seed{seed}.npz')
+  np.savez(npz, z=z, images=images, seed=seed)
+  return [png, npz]
+
+
+def interpolate(
+  run: Run, output: str, *, pairs: int = 6, steps: int = 10, seed: int = 0, fps=8
+) -> list[str]:
+  """Linear and spherical walks between `pairs` pairs of z: a PNG grid per
+  method and a GIF through all of them (both methods side by side)."""
+  if pairs < 1 or steps < 2:
+    raise ValueError(f'need pairs >= 1 and steps >= 2, got {pairs}, {steps}.')
+  ends = run.z(seed, _WALK_KEY_TAG, pairs + 1)  # Consecutive pairs: a tour.
+  t = np.linspace(0.0, 1.0, steps)
+  files, walks = [], {}
+  for name, path_fn in (('linear', lerp), ('slerp', slerp)):
+    z = np.concatenate([path_fn(ends[i], ends[i + 1], t) for i in range(pairs)])
+    images = run.generate(z)
+    walks[name] = images.reshape(pairs, steps, *images.shape[1:])
+    grid = labelled_grid(
+      images,
+      num_cols=steps,
+      title=f'{name} interpolation, {steps} steps per row (z seed {seed})',
+    )
+    files.append(save_image(grid, os.path.join(output, f'interpolate_{name}.png')))
+  frames = []
+  for p in range(pairs):
+    for s in range(0 if p == 0 else 1, steps):  # Pair p starts where p-1 ended.
+      frames.append(
+        labelled_grid(
+          np.stack([walks['linear'][p, s], walks['slerp'][p, s]]),
+          ['linear', 'slerp'],
+          num_cols=2,
+        )
+      )
+  files.append(save_gif(frames, os.path.join(output, 'interpolate.gif'), fps=fps))
+  return files
+
+
+def _indices(spec: str | Sequence[int], name: str, num: int) -> list[int]:
+  if isinstance(spec, str):
+    try:
+      spec = [int(s) for s in spec.split(',') if s.strip()]
+    except ValueError as e:
+      raise ValueError(f'--{name} must be comma-separated sheet numbers: {e}') from e
+  bad = [i for i in spec if not 0 <= i < num]
+  if not spec or bad:
+    raise ValueError(
+      f'--{name}={",".join(map(str, spec))}: give sheet numbers in 0..{num - 1} '
+      '(see the sheet PNG).'
+    )
+  return list(spec)
+
+
+def arithmetic(
+  run: Run,
+  output: str,
+  *,
+  a: str | Sequence[int],
+  b: str | Sequence[int],
+  c: str | Sequence[int],
+  sheet_seed: int = 0,
+  sheet_size: int = 100,
+  num_perturbed: int = 8,
+  noise: float = 0.25,
+  seed: int = 0,
+) -> list[str]:
+  """mean z(a) - mean z(b) + mean z(c) from the numbered sheet, with
+  `num_perturbed` samples at uniform perturbations of +-`noise`."""
+  z_sheet = run.z(sheet_seed, _SHEET_KEY_TAG, sheet_size)
+  a, b, c = (_indices(v, n, sheet_size) for v, n in ((a, 'a'), (b, 'b'), (c, 'c')))
+  means = [z_sheet[idx].mean(axis=0) for idx in (a, b, c)]
+  result = means[0] - means[1] + means[2]
+  key = jax.random.fold_in(jax.random.key(seed), _PERTURB_KEY_TAG)
+  shape = (num_perturbed, result.shape[0])
+  perturbed = result + np.asarray(
+    jax.random.uniform(key, shape, minval=-noise, maxval=noise)
+  )
+  concept_images = [run.generate(z_sheet[idx]) for idx in (a, b, c)]
+  mean_images = run.generate(np.stack(means))
+  result_images = run.generate(np.concatenate([result[None], perturbed]))
+  cols = max(len(a), len(b), len(c)) + 1
+  rows, labels, row_labels = [], [], []
+  blank = np.full_like(mean_images[0], 255)
+  for name, idx, images, mean in zip(
+    'abc', (a, b, c), concept_images, mean_images, strict=True
+  ):
+    row = list(images) + [blank] * (cols - 1 - len(idx)) + [mean]
+    rows.extend(row)
+    labels.extend([f'#{i}' for i in idx] + [''] * (cols - 1 - len(idx)) + ['mean z'])
+    row_labels.append(name)
+  top = labelled_grid(
+    np.stack(rows),
+    labels,
+    num_cols=cols,
+    row_labels=row_labels,
+    title=f'concepts from sheet seed {sheet_seed}: a - b + c',
+  )
+  bottom = labelled_grid(
+    result_images,
+    ['a-b+c'] + [f'+noise {i + 1}' for i in range(num_perturbed)],
+    num_cols=min(len(result_images), 9),
+    title=f'result, and perturbations of +-{noise}',
+  )
+  canvas = Image.new(
+    'RGB', (max(top.width, bottom.width), top.height + bottom.height + 8), 'white'
+  )
+  canvas.paste(top, (0, 0))
+  canvas.paste(bottom, (0, top.height + 8))
+  name = 'arithmetic_{}_minus_{}_plus_{}.png'.format(
+    *('-'.join(map(str, idx)) for idx in (a, b, c))
+  )
+  return [save_image(canvas, os.path.join(output, name))]
+
+
+def movie(run_or_workdir: Run | str, output: str, *, fps: float = 4) -> list[str]:
+  """W/samples/step_*.png (same z throughout training) as one GIF, each frame
+  labelled with its step."""
+  workdir = getattr(run_or_workdir, 'workdir', run_or_workdir)
+  paths = glob.glob(os.path.join(workdir, 'samples', 'step_*.png'))
+  steps = sorted(
+    (int(m.group(1)), p)
+    for p in paths
+    if (m := re.fullmatch(r'step_(\d+)\.png', os.path.basename(p)))
+  )
+  if len(steps) < 2:
+    raise ValueError(
+      f'{workdir}/samples has {len(steps)} sample grid(s); a movie needs at least '
+      'two (lower --config.sample_every_steps when training).'
+    )
+  frames = []
+  for step, path in steps:
+    with Image.open(path) as image:
+      grid = image.convert('RGB')
+    factor = max(1, math.ceil(256 / min(grid.size)))
+    grid = grid.resize((grid.width * factor, grid.height * factor), Image.NEAREST)
+    frame = Image.new('RGB', (grid.width, grid.height + 16), 'white')
+    frame.paste(grid, (0, 16))
+    ImageDraw.Draw(frame).text((4, 2), f'step {step}', fill='black')
+    frames.append(frame)
+  path = os.path.join(output, 'training.gif')
+  return [save_gif(frames, path, fps=fps, hold_last=1.5)]
+
+
+def guided_backprop_maps(
+  config: ml_collections.ConfigDict,
+  d_variables: dict[str, Any],
+  images: np.ndarray,
+  *,
+  layer: int = -1,
+  units: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(unit indices [U], image indices [U], guided-backprop maps [U, H, W, C])
+  of the `units` channels of D's conv layer `layer` with the largest
+  activation over `images` (uint8); each map is the gradient of that unit's
+  strongest activation (one position, one image) with respect to the image,
+  through guided LeakyReLUs, BatchNorm in inference mode."""
+  from dcgan_jax import input_pipeline, linear_probe
+
+  discriminator = linear_probe._discriminator(config)
+  guided = discriminator.clone(
+    layers=dataclasses.replace(discriminator.layers, guided_backprop=True)
+  )
+  variables = {
+    'params': d_variables['params'],
+    'batch_stats': d_variables.get('batch_stats', {}),
+  }
+  x = jnp.asarray(input_pipeline.scale_images(images))
+
+  @jax.jit
+  def activations(x):
+    return linear_probe.layer_activations(guided, variables, x)[layer]
+
+  maps = activations(x)  # [N, h, w, C]
+  if not 0 < units <= maps.shape[-1]:
+    raise ValueError(f'units must be in 1..{maps.shape[-1]} for this layer.')
+  per_unit = maps.reshape(-1, maps.shape[-1]).max(axis=0)
+  chosen = np.argsort(-np.asarray(per_unit), kind='stable')[:units]
+
+  @jax.jit
+  def gradient(image, unit):
+    def strongest(img):
+      act = linear_probe.layer_activations(guided, variables, img[None])[layer]
+      return act[0, :, :, unit].max()
+
+    return jax.grad(strongest)(image)
+
+  image_idx, out = [], []
+  flat = np.asarray(maps)
+  for unit in chosen:
+    n = int(flat[..., unit].reshape(len(flat), -1).max(axis=1).argmax())
+    image_idx.append(n)
+    out.append(np.asarray(gradient(x[n], unit)))
+  return chosen, np.asarray(image_idx), np.stack(out)
+
+
+def gradient_to_uint8(maps: np.ndarray) -> np.ndarray:
+  """Each map normalised to its own max |value| and shown around mid-grey."""
+  scale = np.abs(maps).reshape(len(maps), -1).max(axis=1) + 1e-12
+  out = 0.5 + 0.5 * maps / scale[:, None, None, None]
+  return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def guided_backprop(
+  run: Run,
+  output: str,
+  *,
+  layer: int = -1,
+  units: int = 8,
+  num_images: int = 512,
+  seed: int = 0,
+) -> list[str]:
+  """Trained D beside a randomly initialised D (same architecture): for each,
+  the top units' strongest real images and their guided-backprop maps."""
+  from dcgan_jax import train
+
+  images = train.load_data(run.config, run.workdir)
+  order = np.random.default_rng(seed).permutation(len(images))[:num_images]
+  images = images[np.sort(order)]
+  random_state = train.initial_state(run.config)
+  panels = []
+  for name, state_vars in (
+    ('trained D', run.d_variables),
+    (
+      'random D',
+      {'params': random_state.d_params, 'batch_stats': random_state.d_batch_stats},
+    ),
+  ):
+    chosen, image_idx, maps = guided_backprop_maps(
+      run.config, state_vars, images, layer=layer, units=units
+    )
+    tiles = np.concatenate([images[image_idx], gradient_to_uint8(maps)])
+    panels.append(
+      labelled_grid(
+        tiles,
+        [f'unit {u}' for u in chosen] + ['guided bp'] * len(chosen),
+        num_cols=len(chosen),
+        title=f'{name}, layer {layer}: strongest image (top), guided backprop',
+      )
+    )
+  name = f'guided_backprop_layer{layer}.png'
+  return [save_image(side_by_side(panels), os.path.join(output, name))]
+
+
+def batchnorm_modes(
+  run: Run, output: str, *, num: int = 64, seed: int = 0
+) -> list[str]:
+  """The same z drawn with BatchNorm in 'running', 'batch' and 'reference'
+  mode, side by side."""
+  z = run.z(seed, _SHEET_KEY_TAG, num)
+  panels = []
+  for mode in sample.BATCHNORM_MODES:
+    fn = sample.generator_fn(run.config, run.g_variables, batchnorm=mode)
+    images = sample.to_uint8(fn(jnp.asarray(z)))
+    panels.append(
+      labelled_grid(
+        images, num_cols=math.ceil(math.sqrt(num)), title=f'BatchNorm: {mode}'
+      )
+    )
+  return [save_image(side_by_side(panels), os.path.join(output, 'batchnorm_modes.png'))]
+
+
+def gallery(
+  run: Run,
+  output: str,
+  *,
+  a: str = '0,1,2',
+  b: str = '3,4,5',
+  c: str = '6,7,8',
+) -> list[str]:
+  """The README's gallery: BatchNorm modes, sheet, walks, arithmetic, movie
+  frame, guided backprop, into `output`."""
+  files = batchnorm_modes(run, output)
+  files += sheet(run, output, num=64)
+  files += interpolate(run, output, pairs=4, steps=10)
+  files += arithmetic(run, output, a=a, b=b, c=c, sheet_size=64)
+  files += movie(run, output)
+  files += guided_backprop(run, output)
+  with open(os.path.join(output, 'gallery.json'), 'w') as f:
+    json.dump({'workdir': run.workdir, 'files': files}, f, indent=2)
+  return files
+
+
+COMMANDS: dict[str, Callable[..., list[str]]] = {
+  'sheet': sheet,
+  'interpolate': interpolate,
+  'arithmetic': arithmetic,
+  'movie': movie,
+  'guided_backprop': guided_backprop,
+  'batchnorm_modes': batchnorm_modes,
+  'gallery': gallery,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+    prog='python -m dcgan_jax.visualize', description=__doc__.split('\n\n')[0]
+  )
+  parser.add_argument('command', choices=sorted(COMMANDS))
+  parser.add_argument('--workdir', required=True, help='Training workdir.')
+  parser.add_argument('--output', default=None, help='Directory (default W/visualize).')
+  parser.add_argument('--batchnorm', default='running', choices=sample.BATCHNORM_MODES)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--num', type=int, default=100, help='sheet: samples.')
+  parser.add_argument('--pairs', type=int, default=6, help='interpolate: walks.')
+  parser.add_argument('--steps', type=int, default=10, help='interpolate: frames.')
+  parser.add_argument('--a', default=None, help='arithmetic: sheet numbers.')
+  parser.add_argument('--b', default=None, help='arithmetic: sheet numbers.')
+  parser.add_argument('--c', default=None, help='arithmetic: sheet numbers.')
+  parser.add_argument('--sheet_seed', type=int, default=0)
+  parser.add_argument('--sheet_size', type=int, default=100)
+  parser.add_argument('--noise', type=float, default=0.25)
+  parser.add_argument('--fps', type=float, default=4)
+  parser.add_argument('--layer', type=int, default=-1, help='guided_backprop.')
+  parser.add_argument('--units', type=int, default=8, help='guided_backprop.')
+  args = parser.parse_args(argv)
+  output = args.output or os.path.join(args.workdir, OUTPUT_DIR)
+  try:
+    run = load_run(args.workdir, args.batchnorm)
+    if args.command == 'sheet':
+      files = sheet(run, output, num=args.num, seed=args.seed)
+    elif args.command == 'interpolate':
+      files = interpolate(
+        run, output, pairs=args.pairs, steps=args.steps, seed=args.seed, fps=args.fps
+      )
+    elif args.command == 'arithmetic':
+      if not (args.a and args.b and args.c):
+        raise ValueError(
+          'arithmetic needs --a, --b and --c: sheet numbers (e.g. --a=3,17,42) '
+          'from `python -m dcgan_jax.visualize sheet`.'
+        )
+      files = arithmetic(
+        run,
+        output,
+        a=args.a,
+        b=args.b,
+        c=args.c,
+        sheet_seed=args.sheet_seed,
+        sheet_size=args.sheet_size,
+        noise=args.noise,
+        seed=args.seed,
+      )
+    elif args.command == 'movie':
+      files = movie(run, output, fps=args.fps)
+    elif args.command == 'guided_backprop':
+      files = guided_backprop(run, output, layer=args.layer, units=args.units)
+    elif args.command == 'batchnorm_modes':
+      files = batchnorm_modes(run, output, seed=args.seed)
+    else:
+      kwargs = {k: getattr(args, k) for k in 'abc' if getattr(args, k)}
+      files = gallery(run, output, **kwargs)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  for path in files:
+    print(path)
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  main(sys.argv[1:])

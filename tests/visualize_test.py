@@ -1,0 +1,197 @@
+"""The picture tools on a small trained digits run: files, and what they show."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import digits as digits_config
+from dcgan_jax import models, sample, train, visualize
+
+NUM_STEPS = 60
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  config = digits_config.get_config()
+  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.image_size = 16
+  config.model.g_width = 32
+  config.model.d_width = 8
+  config.global_batch_size = 16
+  config.num_train_steps = NUM_STEPS
+  config.checkpoint_every_steps = NUM_STEPS
+  config.sample_every_steps = 20
+  config.num_sample_images = 4
+  workdir = str(tmp_path_factory.mktemp('digits16'))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def run(workdir):
+  return visualize.load_run(workdir)
+
+
+def frames_of(path):
+  with Image.open(path) as gif:
+    frames = []
+    for i in range(gif.n_frames):
+      gif.seek(i)
+      frames.append(np.asarray(gif.convert('RGB')))
+  return frames
+
+
+def test_reference_batchnorm_renders_each_z_on_its_own(run):
+  config, variables = run.config, run.g_variables
+  z_ref = sample.reference_z(config.seed, config.model.z_dim, config.model.z_dist)
+  reference = sample.generator_fn(config, variables, batchnorm='reference')
+  batch = sample.generator_fn(config, variables, batchnorm='batch')
+  running = sample.generator_fn(config, variables, batchnorm='running')
+  # On the reference batch itself it is batch-statistics mode ...
+  np.testing.assert_allclose(reference(z_ref), batch(z_ref), atol=1e-5)
+  # ... and any z is drawn independently of the rest of its batch.
+  z = z_ref[:8] * -1.0
+  np.testing.assert_allclose(reference(z[:1]), reference(z)[:1], atol=1e-6)
+  np.testing.assert_allclose(running(z[:1]), running(z)[:1], atol=1e-6)
+  assert np.abs(batch(z[:2])[:1] - batch(z)[:1]).max() > 1e-3  # Batch-dependent.
+  assert np.abs(reference(z) - running(z)).max() > 1e-2  # Visibly different.
+
+
+def test_sheet_and_arithmetic(run, tmp_path):
+  png, npz = visualize.sheet(run, str(tmp_path), num=20, seed=3)
+  with np.load(npz) as data:
+    z, images = data['z'], data['images']
+  assert z.shape == (20, 100) and images.shape == (20, 16, 16, 1)
+  np.testing.assert_array_equal(images, run.generate(z))
+  with Image.open(png) as image:
+    assert image.width >= 5 * 64 and image.height >= 4 * 64
+
+  (path,) = visualize.arithmetic(
+    run, str(tmp_path), a='1,2,3', b=[4, 5, 6], c='7,8,9', sheet_seed=3, sheet_size=20
+  )
+  assert os.path.basename(path) == 'arithmetic_1-2-3_minus_4-5-6_plus_7-8-9.png'
+  with Image.open(path) as image:
+    assert image.width >= 4 * 64 and image.height >= 5 * 64
+  with pytest.raises(ValueError, match='sheet numbers in 0..19'):
+    visualize.arithmetic(run, str(tmp_path), a='1,2,30', b='4', c='7', sheet_size=20)
+
+
+def test_arithmetic_uses_mean_z_of_each_concept(run, tmp_path, monkeypatch):
+  drawn = []
+  original = visualize.Run.generate
+
+  def spy(self, z):
+    drawn.append(np.asarray(z))
+    return original(self, z)
+
+  monkeypatch.setattr(visualize.Run, 'generate', spy)
+  visualize.arithmetic(
+    run,
+    str(tmp_path),
+    a='0,1,2',
+    b='3,4,5',
+    c='6,7,8',
+    sheet_size=10,
+    num_perturbed=4,
+    noise=0.1,
+  )
+  z = run.z(0, visualize._SHEET_KEY_TAG, 10)
+  means = np.stack([z[0:3].mean(0), z[3:6].mean(0), z[6:9].mean(0)])
+  np.testing.assert_allclose(drawn[3], means, atol=1e-6)
+  result = drawn[4]
+  np.testing.assert_allclose(result[0], means[0] - means[1] + means[2], atol=1e-6)
+  offsets = result[1:] - result[0]
+  assert offsets.shape == (4, 100) and np.abs(offsets).max() <= 0.1 + 1e-6
+  assert np.abs(offsets).max() > 0.05
+
+
+def test_interpolations(run, tmp_path):
+  files = visualize.interpolate(run, str(tmp_path), pairs=2, steps=5, seed=1)
+  assert [os.path.basename(f) for f in files] == [
+    'interpolate_linear.png',
+    'interpolate_slerp.png',
+    'interpolate.gif',
+  ]
+  frames = frames_of(files[2])
+  assert len(frames) == 2 * 5 - 1  # The walks join up.
+  assert not np.array_equal(frames[0], frames[4])  # The walk moves.
+  ends = run.z(1, visualize._WALK_KEY_TAG, 3)
+  t = np.linspace(0, 1, 5)
+  for walk in (visualize.lerp, visualize.slerp):
+    path = walk(ends[0], ends[1], t)
+    np.testing.assert_allclose(path[0], ends[0], atol=1e-6)
+    np.testing.assert_allclose(path[-1], ends[1], atol=1e-6)
+  # Slerp: equal angles between steps, norms interpolated linearly.
+  path = visualize.slerp(ends[0], ends[1], t).astype(np.float64)
+  unit = path / np.linalg.norm(path, axis=1, keepdims=True)
+  angles = np.arccos(np.clip(np.sum(unit[1:] * unit[:-1], axis=1), -1, 1))
+  np.testing.assert_allclose(angles, angles[0], rtol=1e-4)
+  norms = np.linalg.norm(path, axis=1)
+  np.testing.assert_allclose(np.diff(norms), np.diff(norms)[0], atol=1e-4)
+  assert np.linalg.norm(visualize.lerp(ends[0], ends[1], t)[2]) < norms[2]
+
+
+def test_training_movie(workdir, tmp_path):
+  (path,) = visualize.movie(workdir, str(tmp_path), fps=4)
+  frames = frames_of(path)
+  grids = sorted(os.listdir(os.path.join(workdir, 'samples')))
+  assert grids == [f'step_{s:07d}.png' for s in (0, 20, 40, 60)]
+  assert len(frames) == len(grids)
+  with Image.open(path) as gif:
+    gif.seek(len(grids) - 1)
+    assert gif.info['duration'] > 1000  # The last frame is held.
+  assert not np.array_equal(frames[0], frames[3])
+  with pytest.raises(ValueError, match='at least two'):
+    visualize.movie(str(tmp_path), str(tmp_path))
+
+
+def test_guided_leaky_relu_gradient():
+  lyr = models.LayerSettings(guided_backprop=True)
+  x = jnp.array([-2.0, -0.5, 0.5, 2.0])
+  g = jnp.array([1.0, -1.0, 1.0, -1.0])
+  _, vjp = jax.vjp(lyr.leaky_relu, x)
+  np.testing.assert_array_equal(vjp(g)[0], [0.0, 0.0, 1.0, 0.0])
+  np.testing.assert_array_equal(lyr.leaky_relu(x), models.LayerSettings().leaky_relu(x))
+
+
+def test_guided_backprop_trained_against_random(run, tmp_path):
+  images = train.load_data(run.config, run.workdir)[:64]
+  units, image_idx, maps = visualize.guided_backprop_maps(
+    run.config, run.d_variables, images, layer=-1, units=4
+  )
+  assert maps.shape == (4, 16, 16, 1) and len(set(units.tolist())) == 4
+  assert (np.abs(maps).reshape(4, -1).max(axis=1) > 0).all()
+  (path,) = visualize.guided_backprop(run, str(tmp_path), units=4, num_images=64)
+  with Image.open(path) as image:
+    assert image.width > 2 * 4 * 64  # Trained and random D side by side.
+
+
+def test_gallery_and_command_line(run, workdir, tmp_path, capsys):
+  out = str(tmp_path / 'gallery')
+  visualize.main(['gallery', f'--workdir={workdir}', f'--output={out}'])
+  printed = capsys.readouterr().out.split()
+  with open(os.path.join(out, 'gallery.json')) as f:
+    assert json.load(f)['files'] == printed
+  names = sorted(os.path.basename(p) for p in printed)
+  assert names == sorted(
+    [
+      'batchnorm_modes.png',
+      'sheet_seed0.png',
+      'sheet_seed0.npz',
+      'interpolate_linear.png',
+      'interpolate_slerp.png',
+      'interpolate.gif',
+      'arithmetic_0-1-2_minus_3-4-5_plus_6-7-8.png',
+      'training.gif',
+      'guided_backprop_layer-1.png',
+    ]
+  )
+  with pytest.raises(SystemExit, match='needs --a, --b and --c'):
+    visualize.main(['arithmetic', f'--workdir={workdir}', f'--output={out}'])
+  with pytest.raises(SystemExit, match='not a dcgan_jax workdir'):
+    visualize.main(['sheet', f'--workdir={tmp_path}'])
