@@ -32,8 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Data --------------------------------------------------------------
   # A TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom',
   # 'downsampled_imagenet/64x64', ...), 'digits' (scikit-learn's bundled
-  # 8x8 digits, built as a local TFDS data set), or 'folder:/path/to/images'
-  # (a directory tree of PNG/JPEG/BMP/GIF images).
+  # 8x8 digits, built as a local TFDS data set), 'folder:/path/to/images'
+  # (a directory tree of PNG/JPEG/BMP/GIF images) or 'idx:DIR' (MNIST-format
+  # IDX files: train-* for split 'train', t10k-* for 'test').
   config.dataset = 'digits'
   # TFDS split to train on (ignored for 'folder:').
   config.split = 'train'

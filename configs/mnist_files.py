@@ -7,10 +7,12 @@ Reads t10k-images-idx3-ubyte.gz from $DCGAN_MNIST_DIR, or ../shared/data/mnist
 beside this checkout (the only split there is 'test'); point it elsewhere
 with --config.dataset=idx:DIR (and --config.split=train where DIR holds the
 training files). Offline. The model is configs/digits.py's, with D twice as
-wide (more features for the representation probe); it trains in a few
-minutes on two CPU cores. The probe then fits an L2-SVM on D's features of
-1,000 labelled digits and tests it on the other 9,000 (see
-dcgan_jax/linear_probe.py).
+wide (more features for the representation probe). The probe then fits an
+L2-SVM on D's 7,168 features of 1,000 labelled digits and tests it on the
+other 9,000 (see dcgan_jax/linear_probe.py). Measured on 2 CPU cores shared
+with other jobs (load 2-4): training 13 minutes, the probe 3; test accuracy
+over three draws of the labels (--seed 0, 1, 2): trained D 93.8-94.6%, D at
+initialisation 92.4-93.2%, raw pixels 82.6-83.6%.
 """
 
 import os
