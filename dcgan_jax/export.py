@@ -148,20 +148,9 @@ def export_workdir(
 ) -> str:
   """Exports the latest checkpoint of `workdir` to `output` (default
   W/export); returns the output directory."""
-  from dcgan_jax import train
+  from dcgan_jax import sample
 
-  config = train.load_config(workdir)
-  if config.get('num_seeds', 1) > 1:
-    members = ', '.join(wd for _, wd in train.seed_members(config, workdir))
-    raise ValueError(
-      f'{workdir} holds {config.num_seeds} GANs (num_seeds); export one of '
-      f'them with --workdir set to one of: {members}.'
-    )
-  state = train.restore_latest(workdir, config)
-  if state is None:
-    raise FileNotFoundError(
-      f'No checkpoint under {os.path.join(workdir, "checkpoints")}: train first.'
-    )
+  config, state = sample.load_generator(workdir)  # Errors say what to pass.
   variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
   exported = export_generator(
     config, variables, platforms=platforms, conv_impl=conv_impl

@@ -163,7 +163,7 @@ def _pooled_features(discriminator: nn.Module, variables: Any, x: jax.Array):
   return jnp.concatenate(flat, axis=1).astype(jnp.float32)
 
 
-def _discriminator(config: ml_collections.ConfigDict) -> nn.Module:
+def discriminator_for(config: ml_collections.ConfigDict) -> nn.Module:
   if config.model.arch == 'mlp':
     raise ValueError(
       "model.arch='mlp' has no convolutions, so it has no convolutional "
@@ -178,7 +178,7 @@ def _discriminator(config: ml_collections.ConfigDict) -> nn.Module:
 
 def feature_count(config: ml_collections.ConfigDict) -> int:
   """The length of `discriminator_features`' rows for this config."""
-  discriminator = _discriminator(config)
+  discriminator = discriminator_for(config)
   x = jax.ShapeDtypeStruct(
     (1, config.image_size, config.image_size, config.num_channels), jnp.float32
   )
@@ -194,7 +194,7 @@ def initial_d_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
   The keys are those of `train.initial_state` (the same split of the init
   key), without initialising G and the optimizers.
   """
-  discriminator = _discriminator(config)
+  discriminator = discriminator_for(config)
   init_key = train.split_root_key(jax.random.key(config.seed))[0]
   _, d_key, dropout_key = jax.random.split(init_key, 3)
   shape = (1, config.image_size, config.image_size, config.num_channels)
@@ -223,7 +223,7 @@ def discriminator_features(
   runs over fixed-size batches (the last one padded), so any N compiles
   once. See the module docstring for what the features are and how many.
   """
-  discriminator = _discriminator(config)
+  discriminator = discriminator_for(config)
   want = (config.image_size, config.image_size, config.num_channels)
   images = np.asarray(images_uint8)
   if images.ndim != 4 or tuple(images.shape[1:]) != want or images.dtype != np.uint8:
@@ -651,7 +651,7 @@ def _restore(workdir: str) -> tuple[ml_collections.ConfigDict, train.GANState]:
       f'{workdir} holds {config.num_seeds} GANs (num_seeds); probe each member '
       'workdir (W/seed_<s>) separately.'
     )
-  _discriminator(config)  # Fails early for 'mlp'.
+  discriminator_for(config)  # Fails early for 'mlp'.
   state = train.restore_latest(workdir, config)
   if state is None:
     raise FileNotFoundError(

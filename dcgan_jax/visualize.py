@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -180,10 +181,13 @@ class Run:
   def d_variables(self) -> dict[str, Any]:
     return {'params': self.state.d_params, 'batch_stats': self.state.d_batch_stats}
 
+  @functools.cached_property
+  def _generator(self) -> Callable[[jax.Array], jax.Array]:
+    return sample.generator_fn(self.config, self.g_variables, batchnorm=self.batchnorm)
+
   def generate(self, z: jax.Array | np.ndarray) -> np.ndarray:
     """uint8 images G(z)."""
-    fn = sample.generator_fn(self.config, self.g_variables, batchnorm=self.batchnorm)
-    return sample.to_uint8(fn(jnp.asarray(z, jnp.float32)))
+    return sample.to_uint8(self._generator(jnp.asarray(z, jnp.float32)))
 
   def z(self, seed: int, tag: int, num: int) -> np.ndarray:
     key = jax.random.fold_in(jax.random.key(seed), tag)
@@ -397,7 +401,7 @@ def guided_backprop_maps(
   through guided LeakyReLUs, BatchNorm in inference mode."""
   from dcgan_jax import input_pipeline, linear_probe
 
-  discriminator = linear_probe._discriminator(config)
+  discriminator = linear_probe.discriminator_for(config)
   guided = discriminator.clone(
     layers=dataclasses.replace(discriminator.layers, guided_backprop=True)
   )
