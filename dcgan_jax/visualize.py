@@ -4,7 +4,8 @@
   python -m dcgan_jax.visualize interpolate --workdir=W [--pairs=6] [--steps=10]
   python -m dcgan_jax.visualize arithmetic --workdir=W --a=I,J,K --b=I,J,K --c=I,J,K
   python -m dcgan_jax.visualize movie --workdir=W [--fps=4]
-  python -m dcgan_jax.visualize guided_backprop --workdir=W [--layer=-1] [--units=8]
+  python -m dcgan_jax.visualize guided_backprop --workdir=W [--layer=-1] [--units=6]
+  python -m dcgan_jax.visualize batchnorm_modes --workdir=W [--small_batch=2]
   python -m dcgan_jax.visualize gallery --workdir=W --output=DIR
 
 Every command writes into --output (default W/visualize/) and prints the
@@ -27,10 +28,15 @@ of the batch being drawn: images depend on each other).
 - movie: the fixed-z sample grids the run saved (W/samples/step_*.png) as an
   animated GIF: training in motion.
 - guided_backprop: for D's layer `layer`, the `units` channels with the
-  largest activation over real images; for each, guided backpropagation
-  (Springenberg et al. 2015) of its strongest activation to the input, for
-  the trained D and for a randomly initialised D side by side (the paper's
-  figure 5).
+  largest activation over real images; for each, its `images_per_unit`
+  strongest images and the guided backpropagation (Springenberg et al.
+  2015) of its strongest activation to the input, for the trained D and
+  for a randomly initialised D side by side (the paper's figure 5). Two
+  numbers per D (also in a JSON): how closely |map| follows the image
+  (correlation) and how much of the map is pixel-level texture (roughness:
+  about 1 for white noise).
+- batchnorm_modes: the same z in each BatchNorm mode, plus 'batch' mode in
+  batches of `small_batch`, with each panel's difference from 'running'.
 - gallery: all of the above with fixed choices, into one directory.
 """
 
@@ -392,13 +398,20 @@ def guided_backprop_maps(
   images: np.ndarray,
   *,
   layer: int = -1,
-  units: int = 8,
+  units: int = 6,
+  images_per_unit: int = 3,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(unit indices [U], image indices [U], guided-backprop maps [U, H, W, C])
-  of the `units` channels of D's conv layer `layer` with the largest
-  activation over `images` (uint8); each map is the gradient of that unit's
-  strongest activation (one position, one image) with respect to the image,
-  through guided LeakyReLUs, BatchNorm in inference mode."""
+  """Guided backpropagation of D's top units to the input.
+
+  Picks the `units` channels of D's conv layer `layer` with the largest
+  activation anywhere over `images` (uint8 [N, H, W, C]); for each, the
+  `images_per_unit` images on which that channel is strongest, and the
+  gradient of its strongest activation (one position of one image) with
+  respect to that image, through guided LeakyReLUs, BatchNorm in inference
+  mode.
+
+  Returns (unit indices [U], image indices [U, K], maps [U, K, H, W, C]).
+  """
   from dcgan_jax import input_pipeline, linear_probe
 
   discriminator = linear_probe.discriminator_for(config)
@@ -412,37 +425,75 @@ def guided_backprop_maps(
   x = jnp.asarray(input_pipeline.scale_images(images))
 
   @jax.jit
-  def activations(x):
-    return linear_probe.layer_activations(guided, variables, x)[layer]
+  def strongest_per_image(x):
+    maps = linear_probe.layer_activations(guided, variables, x)[layer]
+    return maps.max(axis=(1, 2))  # [N, C]
 
-  maps = activations(x)  # [N, h, w, C]
-  if not 0 < units <= maps.shape[-1]:
-    raise ValueError(f'units must be in 1..{maps.shape[-1]} for this layer.')
-  per_unit = maps.reshape(-1, maps.shape[-1]).max(axis=0)
-  chosen = np.argsort(-np.asarray(per_unit), kind='stable')[:units]
+  strongest = np.asarray(strongest_per_image(x))
+  num_units = strongest.shape[1]
+  if not 0 < units <= num_units:
+    raise ValueError(f'units must be in 1..{num_units} for layer {layer}.')
+  if not 0 < images_per_unit <= len(images):
+    raise ValueError(f'images_per_unit must be in 1..{len(images)}.')
+  chosen = np.argsort(-strongest.max(axis=0), kind='stable')[:units]
+  image_idx = np.stack(
+    [np.argsort(-strongest[:, u], kind='stable')[:images_per_unit] for u in chosen]
+  )
 
   @jax.jit
   def gradient(image, unit):
-    def strongest(img):
+    def strongest_activation(img):
       act = linear_probe.layer_activations(guided, variables, img[None])[layer]
       return act[0, :, :, unit].max()
 
-    return jax.grad(strongest)(image)
+    return jax.grad(strongest_activation)(image)
 
-  image_idx, out = [], []
-  flat = np.asarray(maps)
-  for unit in chosen:
-    n = int(flat[..., unit].reshape(len(flat), -1).max(axis=1).argmax())
-    image_idx.append(n)
-    out.append(np.asarray(gradient(x[n], unit)))
-  return chosen, np.asarray(image_idx), np.stack(out)
+  maps = [
+    [np.asarray(gradient(x[n], unit)) for n in row]
+    for unit, row in zip(chosen, image_idx, strict=True)
+  ]
+  return chosen, image_idx, np.asarray(maps)
 
 
 def gradient_to_uint8(maps: np.ndarray) -> np.ndarray:
-  """Each map normalised to its own max |value| and shown around mid-grey."""
-  scale = np.abs(maps).reshape(len(maps), -1).max(axis=1) + 1e-12
-  out = 0.5 + 0.5 * maps / scale[:, None, None, None]
+  """Each map [..., H, W, C] normalised to its own max |value|, shown around
+  mid-grey."""
+  axes = tuple(range(maps.ndim - 3, maps.ndim))
+  scale = np.abs(maps).max(axis=axes, keepdims=True) + 1e-12
+  out = 0.5 + 0.5 * maps / scale
   return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def map_statistics(maps: np.ndarray, images: np.ndarray) -> dict[str, float]:
+  """Two numbers that say what guided-backprop maps [N, H, W, C] of uint8
+  images [N, H, W, C] look like, averaged over the maps:
+
+  - image_correlation: Pearson correlation, over pixels, of |map| with the
+    image's intensity (channel mean). High: the unit's gradient follows the
+    image's strokes or objects.
+  - roughness: mean squared difference between neighbouring pixels of the
+    map over twice its mean square. 0 for a constant map, about 1 for
+    white noise, 2 for a checkerboard: how much of the map is pixel-level
+    texture.
+  """
+  m = maps.astype(np.float64).reshape(-1, *maps.shape[-3:])
+  im = images.astype(np.float64).reshape(-1, *images.shape[-3:]).mean(-1)
+  mag = np.abs(m).mean(-1)
+  a = mag.reshape(len(mag), -1)
+  b = im.reshape(len(im), -1)
+  a = a - a.mean(1, keepdims=True)
+  b = b - b.mean(1, keepdims=True)
+  denom = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+  corr = np.where(denom > 0, (a * b).sum(1) / np.maximum(denom, 1e-30), 0.0)
+  dy = np.diff(m, axis=1) ** 2
+  dx = np.diff(m, axis=2) ** 2
+  neighbours = (dy.sum((1, 2, 3)) + dx.sum((1, 2, 3))) / (dy[0].size + dx[0].size)
+  power = (m * m).mean((1, 2, 3))
+  roughness = neighbours / np.maximum(2 * power, 1e-30)
+  return {
+    'image_correlation': float(corr.mean()),
+    'roughness': float(roughness.mean()),
+  }
 
 
 def guided_backprop(
@@ -450,58 +501,119 @@ def guided_backprop(
   output: str,
   *,
   layer: int = -1,
-  units: int = 8,
+  units: int = 6,
+  images_per_unit: int = 3,
   num_images: int = 512,
   seed: int = 0,
 ) -> list[str]:
-  """Trained D beside a randomly initialised D (same architecture): for each,
-  the top units' strongest real images and their guided-backprop maps."""
+  """Trained D beside a randomly initialised D (same architecture, the run's
+  init seed): for each, a row per top unit with its strongest real images
+  and their guided-backprop maps; and a JSON of `map_statistics` for both."""
   from dcgan_jax import train
 
   images = train.load_data(run.config, run.workdir)
   order = np.random.default_rng(seed).permutation(len(images))[:num_images]
   images = images[np.sort(order)]
   random_state = train.initial_state(run.config)
-  panels = []
-  for name, state_vars in (
-    ('trained D', run.d_variables),
+  panels, report = [], {'layer': layer, 'num_images': len(images)}
+  for key, name, state_vars in (
+    ('trained', 'trained D', run.d_variables),
     (
+      'random',
       'random D',
       {'params': random_state.d_params, 'batch_stats': random_state.d_batch_stats},
     ),
   ):
     chosen, image_idx, maps = guided_backprop_maps(
-      run.config, state_vars, images, layer=layer, units=units
+      run.config,
+      state_vars,
+      images,
+      layer=layer,
+      units=units,
+      images_per_unit=images_per_unit,
     )
-    tiles = np.concatenate([images[image_idx], gradient_to_uint8(maps)])
+    stats = map_statistics(maps, images[image_idx])
+    report[key] = {'units': chosen.tolist(), **stats}
+    pairs = np.stack([images[image_idx], gradient_to_uint8(maps)], axis=2)
     panels.append(
       labelled_grid(
-        tiles,
-        [f'unit {u}' for u in chosen] + ['guided bp'] * len(chosen),
-        num_cols=len(chosen),
-        title=f'{name}, layer {layer}: strongest image (top), guided backprop',
+        pairs.reshape(-1, *pairs.shape[-3:]),
+        ['image', 'guided bp'] * (len(chosen) * images_per_unit),
+        num_cols=2 * images_per_unit,
+        row_labels=[f'unit {u}' for u in chosen],
+        title=(
+          f'{name}, layer {layer}: corr(|map|, image) '
+          f'{stats["image_correlation"]:.2f}, roughness {stats["roughness"]:.2f}'
+        ),
       )
     )
-  name = f'guided_backprop_layer{layer}.png'
-  return [save_image(side_by_side(panels), os.path.join(output, name))]
+  name = f'guided_backprop_layer{layer}'
+  json_path = os.path.join(output, f'{name}.json')
+  os.makedirs(output, exist_ok=True)
+  with open(json_path, 'w') as f:
+    json.dump(report, f, indent=2)
+  return [
+    save_image(side_by_side(panels), os.path.join(output, f'{name}.png')),
+    json_path,
+  ]
 
 
 def batchnorm_modes(
-  run: Run, output: str, *, num: int = 64, seed: int = 0
+  run: Run, output: str, *, num: int = 64, seed: int = 0, small_batch: int = 2
 ) -> list[str]:
-  """The same z drawn with BatchNorm in 'running', 'batch' and 'reference'
-  mode, side by side."""
-  z = run.z(seed, _SHEET_KEY_TAG, num)
-  panels = []
+  """The same `num` z drawn with BatchNorm in 'running', 'batch' and
+  'reference' mode, then in 'batch' mode again in batches of `small_batch`
+  (batch statistics from that few images), and that last panel's difference
+  from 'running' mode (|difference| x4, white is large). Each title gives
+  the panel's mean and max |d|, its difference from 'running' in grey
+  levels (0..255); so does a JSON beside the PNG."""
+  if not 0 < small_batch <= num:
+    raise ValueError(f'small_batch must be in 1..{num}.')
+  z = jnp.asarray(run.z(seed, _SHEET_KEY_TAG, num))
+  drawn = {}
   for mode in sample.BATCHNORM_MODES:
     fn = sample.generator_fn(run.config, run.g_variables, batchnorm=mode)
-    images = sample.to_uint8(fn(jnp.asarray(z)))
-    panels.append(
-      labelled_grid(
-        images, num_cols=math.ceil(math.sqrt(num)), title=f'BatchNorm: {mode}'
-      )
+    drawn[mode] = sample.to_uint8(fn(z))
+  batch = sample.generator_fn(run.config, run.g_variables, batchnorm='batch')
+  drawn[f'batch of {small_batch}'] = np.concatenate(
+    [sample.to_uint8(batch(z[i : i + small_batch])) for i in range(0, num, small_batch)]
+  )
+  running = drawn['running'].astype(np.int16)
+  report = {'num': num, 'small_batch': small_batch}
+  for name, images in drawn.items():
+    diff = np.abs(images.astype(np.int16) - running)
+    report[name] = {
+      'mean_abs_diff': float(diff.mean()),
+      'max_abs_diff': int(diff.max()),
+    }
+  cols = math.ceil(math.sqrt(num))
+  panels = [
+    labelled_grid(
+      images,
+      num_cols=cols,
+      title=(
+        'BatchNorm: running'
+        if name == 'running'
+        else f'{name}: mean |d| {report[name]["mean_abs_diff"]:.1f}, '
+        f'max {report[name]["max_abs_diff"]}'
+      ),
     )
-  return [save_image(side_by_side(panels), os.path.join(output, 'batchnorm_modes.png'))]
+    for name, images in drawn.items()
+  ]
+  last = np.abs(drawn[f'batch of {small_batch}'].astype(np.int16) - running)
+  panels.append(
+    labelled_grid(
+      np.clip(4 * last, 0, 255).astype(np.uint8),
+      num_cols=cols,
+      title=f'|batch of {small_batch} - running| x4',
+    )
+  )
+  os.makedirs(output, exist_ok=True)
+  json_path = os.path.join(output, 'batchnorm_modes.json')
+  with open(json_path, 'w') as f:
+    json.dump(report, f, indent=2)
+  png = save_image(side_by_side(panels), os.path.join(output, 'batchnorm_modes.png'))
+  return [png, json_path]
 
 
 def gallery(
@@ -514,7 +626,7 @@ def gallery(
 ) -> list[str]:
   """The README's gallery: BatchNorm modes, sheet, walks, arithmetic, movie
   frame, guided backprop, into `output`."""
-  files = batchnorm_modes(run, output)
+  files = batchnorm_modes(run, output, num=16)
   files += sheet(run, output, num=64)
   files += interpolate(run, output, pairs=4, steps=10)
   files += arithmetic(run, output, a=a, b=b, c=c, sheet_size=64)
@@ -556,7 +668,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--noise', type=float, default=0.25)
   parser.add_argument('--fps', type=float, default=4)
   parser.add_argument('--layer', type=int, default=-1, help='guided_backprop.')
-  parser.add_argument('--units', type=int, default=8, help='guided_backprop.')
+  parser.add_argument('--units', type=int, default=6, help='guided_backprop.')
+  parser.add_argument('--images_per_unit', type=int, default=3, help='guided_backprop.')
+  parser.add_argument(
+    '--small_batch', type=int, default=2, help='batchnorm_modes: batch size.'
+  )
   args = parser.parse_args(argv)
   output = args.output or os.path.join(args.workdir, OUTPUT_DIR)
   try:
@@ -587,9 +703,16 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == 'movie':
       files = movie(run, output, fps=args.fps)
     elif args.command == 'guided_backprop':
-      files = guided_backprop(run, output, layer=args.layer, units=args.units)
+      files = guided_backprop(
+        run,
+        output,
+        layer=args.layer,
+        units=args.units,
+        images_per_unit=args.images_per_unit,
+        seed=args.seed,
+      )
     elif args.command == 'batchnorm_modes':
-      files = batchnorm_modes(run, output, seed=args.seed)
+      files = batchnorm_modes(run, output, seed=args.seed, small_batch=args.small_batch)
     else:
       kwargs = {k: getattr(args, k) for k in 'abc' if getattr(args, k)}
       files = gallery(run, output, **kwargs)

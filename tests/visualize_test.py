@@ -159,16 +159,74 @@ def test_guided_leaky_relu_gradient():
   np.testing.assert_array_equal(lyr.leaky_relu(x), models.LayerSettings().leaky_relu(x))
 
 
+def test_map_statistics():
+  ramp = np.tile(np.arange(16, dtype=np.float64), (16, 1))[None, :, :, None]
+  image = (ramp * 16).astype(np.uint8)
+  same = visualize.map_statistics(-ramp, image)  # |map| is the image.
+  assert same['image_correlation'] == pytest.approx(1.0)
+  assert same['roughness'] < 0.02  # A smooth ramp.
+  checker = np.indices((16, 16)).sum(0) % 2 * 2.0 - 1.0
+  rough = visualize.map_statistics(checker[None, :, :, None], image)
+  assert rough['roughness'] == pytest.approx(2.0)
+  noise = np.random.default_rng(0).normal(size=(4, 64, 64, 1))
+  stats = visualize.map_statistics(noise, np.zeros((4, 64, 64, 1), np.uint8))
+  assert stats['roughness'] == pytest.approx(1.0, abs=0.05)
+  assert stats['image_correlation'] == 0.0  # A constant image: no correlation.
+
+
 def test_guided_backprop_trained_against_random(run, tmp_path):
+  from dcgan_jax import input_pipeline, linear_probe
+
   images = train.load_data(run.config, run.workdir)[:64]
   units, image_idx, maps = visualize.guided_backprop_maps(
-    run.config, run.d_variables, images, layer=-1, units=4
+    run.config, run.d_variables, images, layer=-1, units=4, images_per_unit=2
   )
-  assert maps.shape == (4, 16, 16, 1) and len(set(units.tolist())) == 4
-  assert (np.abs(maps).reshape(4, -1).max(axis=1) > 0).all()
-  (path,) = visualize.guided_backprop(run, str(tmp_path), units=4, num_images=64)
-  with Image.open(path) as image:
+  assert maps.shape == (4, 2, 16, 16, 1) and image_idx.shape == (4, 2)
+  assert len(set(units.tolist())) == 4
+  assert (np.abs(maps).reshape(8, -1).max(axis=1) > 0).all()
+  # The layer's strongest units, each with its strongest images first.
+  d = linear_probe.discriminator_for(run.config)
+  x = jnp.asarray(input_pipeline.scale_images(images))
+  acts = linear_probe.layer_activations(d, run.d_variables, x)[-1]
+  strongest = np.asarray(acts.max(axis=(1, 2)))  # [N, C]
+  per_unit = strongest.max(axis=0)
+  assert per_unit[units].min() >= np.delete(per_unit, units).max() - 1e-5
+  for j, unit in enumerate(units):
+    top = strongest[image_idx[j], unit]
+    assert top[0] == pytest.approx(strongest[:, unit].max(), rel=1e-5)
+    assert top[0] >= top[1] - 1e-5
+
+  png, report_path = visualize.guided_backprop(
+    run, str(tmp_path), units=4, images_per_unit=2, num_images=64
+  )
+  with open(report_path) as f:
+    report = json.load(f)
+  for key in ('trained', 'random'):
+    assert len(report[key]['units']) == 4
+    assert -1 <= report[key]['image_correlation'] <= 1
+    assert 0 < report[key]['roughness'] <= 2
+  with Image.open(png) as image:
     assert image.width > 2 * 4 * 64  # Trained and random D side by side.
+    assert image.height > 4 * 64  # A row per unit.
+
+
+def test_batchnorm_modes(run, tmp_path):
+  png, report_path = visualize.batchnorm_modes(run, str(tmp_path), num=8, small_batch=2)
+  with open(report_path) as f:
+    report = json.load(f)
+  assert report['running'] == {'mean_abs_diff': 0.0, 'max_abs_diff': 0}
+  z = jnp.asarray(run.z(0, visualize._SHEET_KEY_TAG, 8))
+  batch = sample.generator_fn(run.config, run.g_variables, batchnorm='batch')
+  pairs = np.concatenate([sample.to_uint8(batch(z[i : i + 2])) for i in range(0, 8, 2)])
+  diff = np.abs(pairs.astype(np.int16) - run.generate(z))
+  assert report['batch of 2']['mean_abs_diff'] == pytest.approx(diff.mean())
+  assert report['batch of 2']['max_abs_diff'] == diff.max() > 0
+  for mode in ('batch', 'reference'):
+    assert report[mode]['max_abs_diff'] > 0
+  with Image.open(png) as image:
+    assert image.width > 5 * 3 * 64  # Three modes, batches of 2, difference.
+  with pytest.raises(ValueError, match='small_batch must be in 1..8'):
+    visualize.batchnorm_modes(run, str(tmp_path), num=8, small_batch=9)
 
 
 def test_gallery_and_command_line(run, workdir, tmp_path, capsys):
@@ -181,6 +239,7 @@ def test_gallery_and_command_line(run, workdir, tmp_path, capsys):
   assert names == sorted(
     [
       'batchnorm_modes.png',
+      'batchnorm_modes.json',
       'sheet_seed0.png',
       'sheet_seed0.npz',
       'interpolate_linear.png',
@@ -189,6 +248,7 @@ def test_gallery_and_command_line(run, workdir, tmp_path, capsys):
       'arithmetic_0-1-2_minus_3-4-5_plus_6-7-8.png',
       'training.gif',
       'guided_backprop_layer-1.png',
+      'guided_backprop_layer-1.json',
     ]
   )
   with pytest.raises(SystemExit, match='needs --a, --b and --c'):
