@@ -53,6 +53,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging as std_logging
 import os
 import re
 import sys
@@ -85,6 +86,9 @@ _FEATURE_LAYER = re.compile(r'conv_(\d+)(_bn)?')
 _SVM_MAX_ITER = 5000
 _PREDICT_ROWS = 4096
 _PRIMAL_RATIO = 4
+# Progress lines (features, each C, each result); the command prints them.
+_progress = std_logging.getLogger('dcgan_jax.linear_probe.progress')
+_progress.propagate = False
 
 
 # ----------------------------------------------------------------------------
@@ -540,6 +544,7 @@ def choose_c(
     splits = [(np.arange(len(y)), None)]
   scores = {}
   for c in sorted(probe.c_grid):
+    start = time.perf_counter()
     accuracies = []
     for fit, val in splits:
       model = trainer.fit(fit, y[fit], c, seed=seed)
@@ -548,6 +553,13 @@ def choose_c(
       else:
         accuracies.append(model.accuracy(x[val], y[val]))
     scores[c] = float(np.mean(accuracies))
+    _progress.info(
+      '  C=%g: validation accuracy %.4f (%d fits, %.1f s)',
+      c,
+      scores[c],
+      len(splits),
+      time.perf_counter() - start,
+    )
   best = max(scores, key=lambda c: scores[c])  # The first (smallest) of ties.
   if len(scores) > 1 and best in (min(scores), max(scores)):
     logging.warning(
@@ -738,8 +750,18 @@ def run_probe(
         for x in images
       )
     feature_seconds = round(time.perf_counter() - t, 2)
+    _progress.info(
+      '%s: %d features in %.1f s; choosing C from %s',
+      rep,
+      features[0].shape[1],
+      feature_seconds,
+      sorted(probe.c_grid),
+    )
     results[rep] = evaluate_representation(probe, features, labels, seed=seed)
     results[rep]['feature_seconds'] = feature_seconds
+    _progress.info(
+      '%s: test accuracy %.4f (C=%g)', rep, results[rep]['accuracy'], results[rep]['C']
+    )
     del features  # Large for the paper's set-ups: one representation at a time.
   held_out = holdout_size(probe, len(split.labelled))
   variant = name
@@ -841,6 +863,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--seed', type=int, default=0, help='Which labels are drawn.')
   parser.add_argument('--data_dir', default=None, help='TFDS data_dir.')
   args = parser.parse_args(argv)
+  if not _progress.handlers:
+    handler = std_logging.StreamHandler(sys.stderr)
+    handler.setFormatter(std_logging.Formatter('probe: %(message)s'))
+    _progress.addHandler(handler)
+    _progress.setLevel(std_logging.INFO)
   try:
     report = run_probe(
       args.workdir,
