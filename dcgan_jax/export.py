@@ -1,4 +1,5 @@
-"""A trained generator as a self-contained artefact that needs only JAX.
+"""A trained generator as a self-contained artefact that needs only JAX
+(and flatbuffers, which jax.export's deserialiser imports).
 
   python -m dcgan_jax.export --workdir=W [--output=W/export] \
       [--platforms=cpu,cuda,tpu] [--conv_impl=xla]
@@ -13,7 +14,8 @@ OUTPUT/ holds
   signature.json       z_dim, z_dist, the image shape, step, platforms, ...
   config.json          the full training config
 
-and loads in any Python with `jax` installed (not dcgan_jax):
+and loads in any Python with `jax` and `flatbuffers` installed (`pip
+install jax flatbuffers`; not dcgan_jax, flax or TensorFlow):
 
   from jax import export
   with open('OUTPUT/generator.jaxexport', 'rb') as f:
@@ -41,6 +43,10 @@ from jax import export as jax_export
 
 EXPORT_FILE = 'generator.jaxexport'
 SIGNATURE_FILE = 'signature.json'
+# What a Python needs to load and call the artefact: jax and its own
+# dependencies, and flatbuffers (jax.export's deserialiser imports it, but
+# jax does not require it).
+LOAD_REQUIRES = (f'jax>={jax.__version__}', 'flatbuffers')
 CONFIG_FILE = 'config.json'
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
@@ -101,6 +107,7 @@ def signature(
     'seed': config.seed,
     'platforms': list(exported.platforms),
     'jax_version': jax.__version__,
+    'load_requires': list(LOAD_REQUIRES),
     'calling_convention_version': exported.calling_convention_version,
   }
 

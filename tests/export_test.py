@@ -14,10 +14,11 @@ from dcgan_jax import export, models, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Run in a fresh interpreter in which `import dcgan_jax` fails.
+# Run in a fresh interpreter (`python -S`: no site-packages) whose path holds
+# only jax, its dependencies and flatbuffers: what a user installs with
+# `pip install jax flatbuffers`.
 LOADER = """
 import json, sys
-sys.modules['dcgan_jax'] = None  # Any import of dcgan_jax now raises.
 import numpy as np
 from jax import export
 out, z_path = sys.argv[1], sys.argv[2]
@@ -30,8 +31,40 @@ assert z.shape[1] == signature['z_dim']
 images = np.asarray(generator.call(z))
 odd = np.asarray(generator.call(z[:3]))  # Another batch size, same function.
 np.savez(z_path + '.out.npz', images=images, odd=odd)
-print('loaded', sorted(m for m, v in sys.modules.items() if m.split('.')[0] == 'dcgan_jax' and v))
+stdlib = set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+top = {m.split('.')[0] for m in sys.modules} - stdlib
+# Not packages: Cython's runtime registrations and the build's sysconfig.
+top = {m for m in top if not m.startswith('_') and m != 'cython_runtime'}
+print('imported', json.dumps(sorted(top)))
 """
+
+
+def jax_only_site(path):
+  """A directory of links to the distributions `pip install jax flatbuffers`
+  would install (jax's requirements without extras, recursively), taken
+  from this environment."""
+  from importlib import metadata
+
+  from packaging.requirements import Requirement
+  from packaging.utils import canonicalize_name
+
+  os.makedirs(path)
+  todo, seen = ['jax', 'flatbuffers'], set()
+  while todo:
+    name = canonicalize_name(todo.pop())
+    if name in seen:
+      continue
+    seen.add(name)
+    dist = metadata.distribution(name)
+    for spec in dist.requires or []:
+      req = Requirement(spec)
+      if req.marker is None or req.marker.evaluate({'extra': ''}):
+        todo.append(req.name)
+    for top in {f.parts[0] for f in dist.files if f.parts[0] not in ('..', 'bin')}:
+      target = os.path.join(path, top)
+      if os.path.exists(dist.locate_file(top)) and not os.path.exists(target):
+        os.symlink(dist.locate_file(top), target)
+  return sorted(seen)
 
 
 @pytest.fixture(scope='module')
@@ -62,7 +95,7 @@ def in_process_images(workdir, z):
 
 
 @pytest.mark.parametrize('conv_impl', ['xla', 'phases'])
-def test_exported_generator_runs_without_dcgan_jax(workdir, tmp_path, conv_impl):
+def test_exported_generator_runs_with_only_jax(workdir, tmp_path, conv_impl):
   output = export.export_workdir(
     workdir,
     str(tmp_path / 'export'),
@@ -74,20 +107,26 @@ def test_exported_generator_runs_without_dcgan_jax(workdir, tmp_path, conv_impl)
   assert signature['step'] == 20 and signature['z_dim'] == 100
   assert signature['image_shape'] == ['batch', 16, 16, 1]
   assert signature['platforms'] == ['cpu', 'cuda', 'tpu']
+  assert signature['load_requires'] == [f'jax>={jax.__version__}', 'flatbuffers']
   assert train.load_config(output).to_dict() == train.load_config(workdir).to_dict()
 
   z = np.asarray(models.sample_z(jax.random.key(5), 8, 100, 'uniform'))
   np.save(tmp_path / 'z.npy', z)
+  site = str(tmp_path / 'site')
+  installed = jax_only_site(site)
+  assert 'flax' not in installed and 'tensorflow' not in installed
   result = subprocess.run(
-    [sys.executable, '-c', LOADER, output, str(tmp_path / 'z.npy')],
+    [sys.executable, '-S', '-c', LOADER, output, str(tmp_path / 'z.npy')],
     cwd=tmp_path,  # Not the repository: nothing importable by accident.
-    env=dict(os.environ, PYTHONPATH=''),
+    env=dict(os.environ, PYTHONPATH=site),
     capture_output=True,
     text=True,
     timeout=300,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'loaded []' in result.stdout
+  imported = set(json.loads(result.stdout.split('imported ', 1)[1]))
+  allowed = {n.replace('-', '_') for n in installed}
+  assert 'jax' in imported and imported <= allowed, imported - allowed
   with np.load(tmp_path / 'z.npy.out.npz') as data:
     images, odd = data['images'], data['odd']
   expected = in_process_images(workdir, z)
