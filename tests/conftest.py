@@ -2,6 +2,8 @@
 
 import gc
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,6 +13,19 @@ os.environ['XLA_FLAGS'] = (
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+# A persistent compilation cache private to this test session: many tests
+# build the same programs (the small digits train step above all), in this
+# process and in the `launch.py` subprocesses that inherit the variable.
+# Each program is still compiled from scratch once per session; later
+# requests for it load that executable instead of compiling it again.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix='dcgan_jax_tests_xla_cache_')
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+
+
+def pytest_sessionfinish(session, exitstatus):
+  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 _MAX_MAPPINGS = 16384
@@ -33,3 +48,25 @@ def _release_compiled_programs():
 
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope='session')
+def tiny_digits_run(tmp_path_factory):
+  """digits_run.tiny_config, trained once for the session. Read only: tests
+  that write into a workdir use a copy (`tiny_digits_workdir`)."""
+  import digits_run
+
+  from dcgan_jax import train
+
+  config = digits_run.tiny_config(str(tmp_path_factory.mktemp('tfds')))
+  workdir = tmp_path_factory.mktemp('tiny_digits') / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def tiny_digits_workdir(tiny_digits_run, tmp_path_factory):
+  """A test module's own copy of the session's tiny digits run."""
+  workdir = tmp_path_factory.mktemp('digits16') / 'run'
+  shutil.copytree(tiny_digits_run, workdir)
+  return str(workdir)

@@ -135,7 +135,10 @@ def test_folder_preset_learns_a_folder_of_mnist_pngs(tmp_path, tmp_path_factory)
   config.num_channels = 1
   config.model.g_width = 128
   config.model.d_width = 32
-  config.num_train_steps = 2000
+  # The check: every class drawn, none above 25%, mean confidence >= 0.8.
+  # Measured: the confidence is 0.87-0.88 from 500 steps to 2,000; each
+  # class takes 2-17% of the samples at 1,000 steps (6-16% at 2,000).
+  config.num_train_steps = 1000
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
   result = digits_classifier.recognise(

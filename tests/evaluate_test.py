@@ -1,8 +1,9 @@
 """The evaluation tool: reports, caches, and metrics that measure something.
 
-One tiny digits workdir (16x16, narrow models, a few dozen steps) is trained
-once for the module; the project's classifier is trained once in it (the
-first evaluate call) and reused by the later ones.
+The module works on its copy of the session's tiny digits run (16x16,
+narrow models, a few dozen steps; see digits_run.py); the project's
+classifier is trained once in it (the first evaluate call) and reused by the
+later ones.
 """
 
 import json
@@ -15,37 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from digits_run import NUM_STEPS, tiny_config
 from PIL import Image
 
-from configs import digits as digits_config
 from dcgan_jax import evaluate, models, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 40
 NUM_SAMPLES = 300
 
 
-def tiny_config(data_dir: str):
-  config = digits_config.get_config()
-  config.data_dir = data_dir
-  config.image_size = 16
-  config.model.g_width = 32
-  config.model.d_width = 8
-  config.global_batch_size = 16
-  config.num_train_steps = NUM_STEPS
-  config.log_every_steps = 20
-  config.sample_every_steps = NUM_STEPS
-  config.checkpoint_every_steps = NUM_STEPS
-  config.num_sample_images = 4
-  return config
-
-
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  config = tiny_config(str(tmp_path_factory.mktemp('tfds')))
-  workdir = str(tmp_path_factory.mktemp('digits16'))
-  train.train_and_evaluate(config, workdir)
-  return workdir
+def workdir(tiny_digits_workdir):
+  return tiny_digits_workdir
 
 
 @pytest.fixture(scope='module')

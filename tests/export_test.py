@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+from digits_run import NUM_STEPS
 
-from configs import digits as digits_config
 from dcgan_jax import export, models, sample, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,20 +68,8 @@ def jax_only_site(path):
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  config = digits_config.get_config()
-  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
-  config.image_size = 16
-  config.model.g_width = 32
-  config.model.d_width = 8
-  config.global_batch_size = 16
-  config.num_train_steps = 20
-  config.checkpoint_every_steps = 20
-  config.sample_every_steps = 20
-  config.num_sample_images = 4
-  workdir = str(tmp_path_factory.mktemp('digits16'))
-  train.train_and_evaluate(config, workdir)
-  return workdir
+def workdir(tiny_digits_workdir):
+  return tiny_digits_workdir
 
 
 def in_process_images(workdir, z):
@@ -104,7 +92,7 @@ def test_exported_generator_runs_with_only_jax(workdir, tmp_path, conv_impl):
   )
   with open(os.path.join(output, 'signature.json')) as f:
     signature = json.load(f)
-  assert signature['step'] == 20 and signature['z_dim'] == 100
+  assert signature['step'] == NUM_STEPS and signature['z_dim'] == 100
   assert signature['image_shape'] == ['batch', 16, 16, 1]
   assert signature['platforms'] == ['cpu', 'cuda', 'tpu']
   assert signature['load_requires'] == [f'jax>={jax.__version__}', 'flatbuffers']

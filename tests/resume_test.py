@@ -34,8 +34,10 @@ def launch_command(workdir, data_dir, *extra):
   ]  # fmt: skip
 
 
-def start(workdir, data_dir, *extra):
+def start(workdir, data_dir, *extra, compilation_cache=True):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  if not compilation_cache:  # See conftest.py.
+    env.pop('JAX_COMPILATION_CACHE_DIR', None)
   return subprocess.Popen(
     launch_command(workdir, data_dir, *extra),
     cwd=REPO,
@@ -46,8 +48,8 @@ def start(workdir, data_dir, *extra):
   )
 
 
-def run(workdir, data_dir, *extra, timeout=300):
-  proc = start(workdir, data_dir, *extra)
+def run(workdir, data_dir, *extra, timeout=300, compilation_cache=True):
+  proc = start(workdir, data_dir, *extra, compilation_cache=compilation_cache)
   out, err = proc.communicate(timeout=timeout)
   return proc.returncode, out + err
 
@@ -80,7 +82,10 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def reference(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
-  code, log = run(workdir, data_dir)
+  # Compiled afresh: the runs compared with it load the session's cached
+  # programs, so each comparison also spans two independent compilations,
+  # as a relaunch in a new environment would.
+  code, log = run(workdir, data_dir, compilation_cache=False)
   assert code == 0, log[-3000:]
   return final_leaves(workdir)
 
