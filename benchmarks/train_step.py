@@ -14,7 +14,9 @@ gflop_per_step counts the convolutions and matrix products of the
 architecture (`dcgan_jax.flops`: 3 F_G + 8 F_D); gflop_per_s divides it by
 the step time. peak_mem_mb is the device's peak where the backend reports it
 (GPU, TPU), otherwise XLA's buffer plan for the step (arguments + outputs +
-temporaries). With --config.num_seeds=K the step trains K GANs, and
+temporaries). xla_flags is XLA_FLAGS as the step ran: on CPU it holds the
+kernel choice of `dcgan_jax/xla_cpu.py` unless XLA_FLAGS already made one.
+With --config.num_seeds=K the step trains K GANs, and
 images/s and FLOPs count all of them. Only the step is timed: the input pipeline has its own
 benchmark (`benchmarks/input_pipeline.py`).
 """
@@ -25,6 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from dcgan_jax import xla_cpu  # noqa: E402  (imports no JAX)
+
+xla_cpu.use_project_kernels()  # As launch.py does.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -126,6 +132,7 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
     'conv_impl': models.resolve_conv_impl(config.model.conv_impl),
     'seeds': len(members),
     'ensemble': config.ensemble,
+    'xla_flags': '"' + os.environ.get('XLA_FLAGS', '') + '"',
   }
 
 

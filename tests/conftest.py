@@ -14,6 +14,12 @@ os.environ['XLA_FLAGS'] = (
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+from dcgan_jax import xla_cpu  # noqa: E402  (imports no JAX)
+
+# The kernels launch.py runs with, so that in-process runs and launched ones
+# compute the same numbers.
+xla_cpu.use_project_kernels()
+
 # A persistent compilation cache private to this test session: many tests
 # build the same programs (the small digits train step above all), in this
 # process and in the `launch.py` subprocesses that inherit the variable.
