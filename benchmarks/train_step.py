@@ -12,7 +12,10 @@ line:
 
 gflop_per_step counts the convolutions and matrix products of the
 architecture (`dcgan_jax.flops`: 3 F_G + 8 F_D); gflop_per_s divides it by
-the step time. peak_mem_mb is the device's peak where the backend reports it
+the step time; utilisation divides that by the local chips' dense peak for
+the compute dtype (chip_peak_tflop_s, from the vendors' data sheets for the
+GPUs and TPUs listed in `_PEAK_TFLOP_S`; 'unknown' elsewhere, e.g. on
+CPUs). peak_mem_mb is the device's peak where the backend reports it
 (GPU, TPU), otherwise XLA's buffer plan for the step (arguments + outputs +
 temporaries). xla_flags is XLA_FLAGS as the step ran: on CPU it holds the
 kernel choice of `dcgan_jax/xla_cpu.py` unless XLA_FLAGS already made one.
@@ -56,6 +59,30 @@ def _peak_memory_mb(compiled) -> float:
     mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
   )
   return planned / 2**20
+
+
+# Dense peak TFLOP/s per chip from the vendors' data sheets: (device_kind
+# substring, bfloat16, float32). float32 convolutions and dots run as TF32 on
+# NVIDIA tensor cores and as bfloat16 passes on TPUs at JAX's default
+# precision, so those rates are their float32 peaks. The first match wins.
+_PEAK_TFLOP_S = (
+  ('H100 PCIe', 756.0, 378.0),
+  ('H100', 989.4, 494.7),
+  ('H200', 989.4, 494.7),
+  ('A100', 312.0, 156.0),
+  ('TPU v4', 275.0, 275.0),
+  ('TPU v5 lite', 197.0, 197.0),
+  ('TPU v5', 459.0, 459.0),
+  ('TPU v6 lite', 918.0, 918.0),
+)
+
+
+def peak_tflop_s(device_kind: str, compute_dtype: str) -> float | None:
+  """One chip's dense peak for the step's compute dtype; None if unknown."""
+  for name, bf16, f32 in _PEAK_TFLOP_S:
+    if name in device_kind:
+      return bf16 if compute_dtype == 'bfloat16' else f32
+  return None
 
 
 def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
@@ -113,6 +140,10 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
   jax.block_until_ready((state, step_metrics))
   step_s = (time.perf_counter() - t0) / steps
 
+  peak = peak_tflop_s(jax.local_devices()[0].device_kind, config.model.compute_dtype)
+  utilisation = 'unknown'
+  if peak is not None:  # Against all the local chips' peak.
+    utilisation = step_flops / step_s / (peak * 1e12 * n)
   return {
     'images_per_s': len(members) * config.global_batch_size / step_s,
     'step_s': step_s,
@@ -120,6 +151,8 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
     'gflop_per_s': step_flops / step_s / 1e9,
     'compile_s': compile_s,
     'peak_mem_mb': _peak_memory_mb(compiled),
+    'utilisation': utilisation,
+    'chip_peak_tflop_s': 'unknown' if peak is None else peak,
     'backend': jax.default_backend(),
     'device': jax.local_devices()[0].device_kind.replace(' ', '_'),
     'devices': n,
