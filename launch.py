@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from dcgan_jax import xla_cpu  # noqa: E402  (imports no JAX)
+from dcgan_jax.util import xla_cpu  # noqa: E402  (imports no JAX)
 
 xla_cpu.use_project_kernels()  # Before JAX starts: see dcgan_jax/xla_cpu.py.
 
@@ -24,6 +24,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dcgan_jax import train  # noqa: E402
+from dcgan_jax.util import errors  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -96,7 +97,7 @@ def main(argv):
     train.train_and_evaluate(
       FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
     )
-  except (train.ConfigError, train.CheckpointError, FloatingPointError) as e:
+  except (errors.ConfigError, errors.CheckpointError, FloatingPointError) as e:
     sys.exit(f'Error: {e}')  # A message that says what to change, no traceback.
 
 

@@ -30,7 +30,7 @@ from absl import app, flags  # noqa: E402
 from flax import jax_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dcgan_jax import input_pipeline, train  # noqa: E402
+from dcgan_jax.data import input_pipeline, loader
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -52,7 +52,7 @@ def main(argv):
   cache_dir = tempfile.mkdtemp(prefix='dcgan_jax_bench_')
   try:
     t0 = time.perf_counter()
-    images = train.load_data(config, cache_dir)
+    images = loader.load_data(config, cache_dir)
     decode = len(images) / (time.perf_counter() - t0)
   finally:
     shutil.rmtree(cache_dir, ignore_errors=True)

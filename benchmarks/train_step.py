@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from dcgan_jax import xla_cpu  # noqa: E402  (imports no JAX)
+from dcgan_jax.util import xla_cpu  # noqa: E402  (imports no JAX)
 
 xla_cpu.use_project_kernels()  # As launch.py does.
 
@@ -41,7 +41,10 @@ from absl import app, flags  # noqa: E402
 from flax import jax_utils  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dcgan_jax import flops, models, train  # noqa: E402
+from dcgan_jax.core import config_checks, rundir  # noqa: E402
+from dcgan_jax.core import state as gan_state  # noqa: E402
+from dcgan_jax.core import step as step_lib  # noqa: E402
+from dcgan_jax.networks import flops, models  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -86,20 +89,20 @@ def peak_tflop_s(device_kind: str, compute_dtype: str) -> float | None:
 
 
 def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
-  train.validate_config(config, jax.local_device_count())
+  config_checks.validate_config(config, jax.local_device_count())
   n = jax.local_device_count()
   size, channels = config.image_size, config.num_channels
-  hyper = train.make_step_config(
+  hyper = step_lib.make_step_config(
     config, bn_axis_name='batch' if config.sync_batchnorm else None
   )
-  members = train.seed_members(config, '')
+  members = rundir.seed_members(config, '')
   p_step = jax.pmap(
-    train.make_ensemble_step(hyper, len(members), config.ensemble),
+    step_lib.make_ensemble_step(hyper, len(members), config.ensemble),
     axis_name='batch',
     in_axes=(0, 0, None),
     donate_argnums=(0,),
   )
-  inits = [train.initial_state(c) for c, _ in members]
+  inits = [gan_state.initial_state(c) for c, _ in members]
   init = inits[0]
   # The architecture's FLOPs: counted on flax's own layers, whatever
   # config.model.conv_impl computes them with.
@@ -124,7 +127,7 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
   # Put on the devices as the training loop's prefetch does.
   images = next(jax_utils.prefetch_to_device(iter([images.astype(np.float32)]), 1))
   train_key = jax.numpy.stack(
-    [train.split_root_key(jax.random.key(c.seed))[1] for c, _ in members]
+    [gan_state.split_root_key(jax.random.key(c.seed))[1] for c, _ in members]
   )
 
   t0 = time.perf_counter()

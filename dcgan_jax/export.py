@@ -27,11 +27,9 @@ install jax flatbuffers`; not dcgan_jax, flax or TensorFlow):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +38,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from jax import export as jax_export
+
+from dcgan_jax import cli
+from dcgan_jax.core import generate, rundir
+from dcgan_jax.networks import models
 
 EXPORT_FILE = 'generator.jaxexport'
 SIGNATURE_FILE = 'signature.json'
@@ -66,8 +68,6 @@ def export_generator(
   right for accelerators; 'phases': dcgan_jax/strided.py, faster on CPU);
   both compute the same function of the same parameters.
   """
-  from dcgan_jax import models, sample
-
   unknown = [p for p in platforms if p not in PLATFORMS]
   if unknown or not platforms:
     raise ValueError(f'platforms must be some of {list(PLATFORMS)}, got {platforms}.')
@@ -78,14 +78,14 @@ def export_generator(
   )
   variables = jax.device_get(g_variables)
 
-  def generate(z: jax.Array) -> jax.Array:
-    return sample.generate(generator, variables, z, batchnorm='running').astype(
+  def generate_fn(z: jax.Array) -> jax.Array:
+    return generate.generate(generator, variables, z, batchnorm='running').astype(
       jnp.float32
     )
 
   (batch,) = jax_export.symbolic_shape('batch')
   z_spec = jax.ShapeDtypeStruct((batch, config.model.z_dim), jnp.float32)
-  return jax_export.export(jax.jit(generate), platforms=tuple(platforms))(z_spec)
+  return jax_export.export(jax.jit(generate_fn), platforms=tuple(platforms))(z_spec)
 
 
 def signature(
@@ -155,46 +155,41 @@ def export_workdir(
 ) -> str:
   """Exports the latest checkpoint of `workdir` to `output` (default
   W/export); returns the output directory."""
-  from dcgan_jax import sample
-
-  config, state = sample.load_generator(workdir)  # Errors say what to pass.
-  variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  run = rundir.load_run(workdir)  # Errors say what to pass.
   exported = export_generator(
-    config, variables, platforms=platforms, conv_impl=conv_impl
+    run.config, run.g_variables, platforms=platforms, conv_impl=conv_impl
   )
   output = output or os.path.join(workdir, 'export')
-  write_artefact(output, config, exported, int(state.step))
+  write_artefact(output, run.config, exported, run.step)
   return output
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-    prog='python -m dcgan_jax.export', description=__doc__.split('\n\n')[0]
-  )
-  parser.add_argument('--workdir', required=True, help='Training workdir.')
-  parser.add_argument('--output', default=None, help='Directory (default W/export).')
-  parser.add_argument(
-    '--platforms',
-    default=','.join(DEFAULT_PLATFORMS),
-    help=f'Comma-separated, of {list(PLATFORMS)}.',
-  )
-  parser.add_argument(
-    '--conv_impl',
-    default='xla',
-    choices=('xla', 'phases'),
-    help="'xla' (accelerators) or 'phases' (faster on CPU); same function.",
-  )
-  args = parser.parse_args(argv)
+COMMAND = cli.Command('export', __doc__)
+COMMAND.string('workdir', None, 'Training workdir (a single GAN).')
+COMMAND.string('output', None, 'Directory of the artefact (default: W/export).')
+COMMAND.string(
+  'platforms', ','.join(DEFAULT_PLATFORMS), f'Comma-separated, of {list(PLATFORMS)}.'
+)
+COMMAND.enum(
+  'conv_impl',
+  'xla',
+  ('xla', 'phases'),
+  "'xla' (accelerators) or 'phases' (faster on CPU); the same function.",
+)
+COMMAND.required('workdir')
+
+
+def _export(args) -> None:
   platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
-  try:
-    output = export_workdir(
-      args.workdir, args.output, platforms=platforms, conv_impl=args.conv_impl
-    )
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
+  output = export_workdir(
+    args.workdir, args.output, platforms=platforms, conv_impl=args.conv_impl
+  )
   print(f'Exported the generator to {output}/ ({EXPORT_FILE}, {SIGNATURE_FILE}).')
 
 
+def main(argv: Sequence[str]) -> None:
+  COMMAND.run(_export, argv)
+
+
 if __name__ == '__main__':
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  main(sys.argv[1:])
+  main(cli.main_argv())

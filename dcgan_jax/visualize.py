@@ -42,15 +42,12 @@ of the batch being drawn: images depend on each other).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import glob
-import json
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,154 +57,51 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dcgan_jax import models, sample
+from dcgan_jax import cli
+from dcgan_jax.core import generate, rundir
+from dcgan_jax.core import state as state_lib
+from dcgan_jax.data import input_pipeline, loader
+from dcgan_jax.evaluation import d_features
+from dcgan_jax.util import figures, files
 
 OUTPUT_DIR = 'visualize'
-MIN_TILE = 64  # Small images are enlarged (nearest neighbour) to this size.
 _SHEET_KEY_TAG = 0x73686565  # 'shee'
 _WALK_KEY_TAG = 0x77616C6B  # 'walk'
 _PERTURB_KEY_TAG = 0x70657274  # 'pert'
 
 
 # ----------------------------------------------------------------------------
-# Drawing.
-
-
-def enlarge(images: np.ndarray, min_size: int = MIN_TILE) -> np.ndarray:
-  """uint8 [N, H, W, C] enlarged by the integer factor that makes the smaller
-  side at least `min_size` (nearest neighbour: pixels stay visible)."""
-  factor = max(1, math.ceil(min_size / min(images.shape[1:3])))
-  return images.repeat(factor, axis=1).repeat(factor, axis=2)
-
-
-def _rgb(images: np.ndarray) -> np.ndarray:
-  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-
-
-def labelled_grid(
-  images: np.ndarray,
-  labels: Sequence[str] | None = None,
-  *,
-  num_cols: int,
-  title: str | None = None,
-  row_labels: Sequence[str] | None = None,
-  pad: int = 4,
-) -> Image.Image:
-  """An RGB grid of uint8 [N, H, W, C] images (enlarged to >= MIN_TILE px),
-  each with an optional caption above it, rows with an optional label at
-  the left, and an optional title line."""
-  tiles = _rgb(enlarge(images))
-  n, h, w, _ = tiles.shape
-  num_rows = math.ceil(n / num_cols)
-  caption = 12 if labels else 0
-  left = 8 + 7 * max((len(r) for r in row_labels), default=0) if row_labels else 0
-  top = 18 if title else 0
-  width = left + num_cols * (w + pad) + pad
-  height = top + num_rows * (h + caption + pad) + pad
-  canvas = Image.new('RGB', (width, height), 'white')
-  draw = ImageDraw.Draw(canvas)
-  if title:
-    draw.text((pad, 3), title, fill='black')
-  for i, tile in enumerate(tiles):
-    r, c = divmod(i, num_cols)
-    x = left + pad + c * (w + pad)
-    y = top + pad + r * (h + caption + pad)
-    if labels:
-      draw.text((x, y - 1), labels[i], fill='black')
-    canvas.paste(Image.fromarray(tile), (x, y + caption))
-  for r, label in enumerate(row_labels or ()):
-    y = top + pad + r * (h + caption + pad) + caption + h // 2 - 6
-    draw.text((4, y), label, fill='black')
-  return canvas
-
-
-def side_by_side(images: Sequence[Image.Image], gap: int = 16) -> Image.Image:
-  width = sum(i.width for i in images) + gap * (len(images) - 1)
-  canvas = Image.new('RGB', (width, max(i.height for i in images)), 'white')
-  x = 0
-  for image in images:
-    canvas.paste(image, (x, 0))
-    x += image.width + gap
-  return canvas
-
-
-def save_image(image: Image.Image, path: str) -> str:
-  """PNG, atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}.png'
-  image.save(tmp, format='PNG')
-  os.replace(tmp, path)
-  return path
-
-
-def save_gif(
-  frames: Sequence[Image.Image], path: str, *, fps: float, hold_last: float = 0.0
-) -> str:
-  """An endlessly looping animated GIF, atomically; the last frame stays
-  `hold_last` seconds longer."""
-  if not frames:
-    raise ValueError('no frames to write')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}.gif'
-  frames = [  # One exact palette per frame: small files, no dithering noise.
-    f.convert('RGB').quantize(colors=256, dither=Image.Dither.NONE) for f in frames
-  ]
-  frames[0].save(
-    tmp,
-    format='GIF',
-    save_all=True,
-    append_images=frames[1:],
-    duration=[max(20, round(1000 / fps))] * (len(frames) - 1)
-    + [max(20, round(1000 / fps + 1000 * hold_last))],
-    loop=0,
-    disposal=1,
-  )
-  os.replace(tmp, path)
-  return path
-
-
-# ----------------------------------------------------------------------------
 # Generator and z.
 
 
-@dataclasses.dataclass
-class Run:
-  """A trained run: its config, state and generator function."""
+@dataclasses.dataclass(frozen=True)
+class Run(rundir.Run):
+  """A trained run (`rundir.Run`) with its generator in one BatchNorm mode."""
 
-  workdir: str
-  config: ml_collections.ConfigDict
-  state: Any
-  batchnorm: str
-
-  @property
-  def g_variables(self) -> dict[str, Any]:
-    return {'params': self.state.g_params, 'batch_stats': self.state.g_batch_stats}
-
-  @property
-  def d_variables(self) -> dict[str, Any]:
-    return {'params': self.state.d_params, 'batch_stats': self.state.d_batch_stats}
+  batchnorm: str = 'running'
 
   @functools.cached_property
   def _generator(self) -> Callable[[jax.Array], jax.Array]:
-    return sample.generator_fn(self.config, self.g_variables, batchnorm=self.batchnorm)
+    return generate.generator_fn(
+      self.config, self.g_variables, batchnorm=self.batchnorm
+    )
 
   def generate(self, z: jax.Array | np.ndarray) -> np.ndarray:
     """uint8 images G(z)."""
-    return sample.to_uint8(self._generator(jnp.asarray(z, jnp.float32)))
+    return generate.to_uint8(self._generator(jnp.asarray(z, jnp.float32)))
 
   def z(self, seed: int, tag: int, num: int) -> np.ndarray:
     key = jax.random.fold_in(jax.random.key(seed), tag)
-    model = self.config.model
-    return np.asarray(models.sample_z(key, num, model.z_dim, model.z_dist))
+    return np.asarray(generate.sample_z(self.config, key, num))
 
 
 def load_run(workdir: str, batchnorm: str = 'running') -> Run:
-  config, state = sample.load_generator(workdir)
-  if batchnorm not in sample.BATCHNORM_MODES:
+  run = rundir.load_run(workdir)
+  if batchnorm not in generate.BATCHNORM_MODES:
     raise ValueError(
-      f'batchnorm must be one of {sample.BATCHNORM_MODES}, got {batchnorm!r}.'
+      f'batchnorm must be one of {generate.BATCHNORM_MODES}, got {batchnorm!r}.'
     )
-  return Run(workdir, config, state, batchnorm)
+  return Run(run.workdir, run.config, run.state, batchnorm)
 
 
 def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -241,15 +135,16 @@ def sheet(run: Run, output: str, *, num: int = 100, seed: int = 0) -> list[str]:
     raise ValueError(f'num must be >= 1, got {num}.')
   z = run.z(seed, _SHEET_KEY_TAG, num)
   images = run.generate(z)
-  grid = labelled_grid(
+  grid = figures.labelled_grid(
     images,
     [str(i) for i in range(num)],
     num_cols=math.ceil(math.sqrt(num)),
     title=f'sample sheet, z seed {seed}, BatchNorm {run.batchnorm}',
   )
-  png = save_image(grid, os.path.join(output, f'sheet_seed{seed}.png'))
+  png = figures.save_image(grid, os.path.join(output, f'sheet_seed{seed}.png'))
   npz = os.path.join(output, f'sheet_seed{seed}.npz')
-  np.savez(npz, z=z, images=images, seed=seed)
+  with files.atomic_write(npz) as f:
+    np.savez(f, z=z, images=images, seed=seed)
   return [png, npz]
 
 
@@ -262,29 +157,33 @@ def interpolate(
     raise ValueError(f'need pairs >= 1 and steps >= 2, got {pairs}, {steps}.')
   ends = run.z(seed, _WALK_KEY_TAG, pairs + 1)  # Consecutive pairs: a tour.
   t = np.linspace(0.0, 1.0, steps)
-  files, walks = [], {}
+  written, walks = [], {}
   for name, path_fn in (('linear', lerp), ('slerp', slerp)):
     z = np.concatenate([path_fn(ends[i], ends[i + 1], t) for i in range(pairs)])
     images = run.generate(z)
     walks[name] = images.reshape(pairs, steps, *images.shape[1:])
-    grid = labelled_grid(
+    grid = figures.labelled_grid(
       images,
       num_cols=steps,
       title=f'{name} interpolation, {steps} steps per row (z seed {seed})',
     )
-    files.append(save_image(grid, os.path.join(output, f'interpolate_{name}.png')))
+    written.append(
+      figures.save_image(grid, os.path.join(output, f'interpolate_{name}.png'))
+    )
   frames = []
   for p in range(pairs):
     for s in range(0 if p == 0 else 1, steps):  # Pair p starts where p-1 ended.
       frames.append(
-        labelled_grid(
+        figures.labelled_grid(
           np.stack([walks['linear'][p, s], walks['slerp'][p, s]]),
           ['linear', 'slerp'],
           num_cols=2,
         )
       )
-  files.append(save_gif(frames, os.path.join(output, 'interpolate.gif'), fps=fps))
-  return files
+  written.append(
+    figures.save_gif(frames, os.path.join(output, 'interpolate.gif'), fps=fps)
+  )
+  return written
 
 
 def _indices(spec: str | Sequence[int], name: str, num: int) -> list[int]:
@@ -339,14 +238,14 @@ def arithmetic(
     rows.extend(row)
     labels.extend([f'#{i}' for i in idx] + [''] * (cols - 1 - len(idx)) + ['mean z'])
     row_labels.append(name)
-  top = labelled_grid(
+  top = figures.labelled_grid(
     np.stack(rows),
     labels,
     num_cols=cols,
     row_labels=row_labels,
     title=f'concepts from sheet seed {sheet_seed}: a - b + c',
   )
-  bottom = labelled_grid(
+  bottom = figures.labelled_grid(
     result_images,
     ['a-b+c'] + [f'+noise {i + 1}' for i in range(num_perturbed)],
     num_cols=min(len(result_images), 9),
@@ -360,7 +259,7 @@ def arithmetic(
   name = 'arithmetic_{}_minus_{}_plus_{}.png'.format(
     *('-'.join(map(str, idx)) for idx in (a, b, c))
   )
-  return [save_image(canvas, os.path.join(output, name))]
+  return [figures.save_image(canvas, os.path.join(output, name))]
 
 
 def movie(run_or_workdir: Run | str, output: str, *, fps: float = 4) -> list[str]:
@@ -389,7 +288,7 @@ def movie(run_or_workdir: Run | str, output: str, *, fps: float = 4) -> list[str
     ImageDraw.Draw(frame).text((4, 2), f'step {step}', fill='black')
     frames.append(frame)
   path = os.path.join(output, 'training.gif')
-  return [save_gif(frames, path, fps=fps, hold_last=1.5)]
+  return [figures.save_gif(frames, path, fps=fps, hold_last=1.5)]
 
 
 def guided_backprop_maps(
@@ -412,9 +311,7 @@ def guided_backprop_maps(
 
   Returns (unit indices [U], image indices [U, K], maps [U, K, H, W, C]).
   """
-  from dcgan_jax import input_pipeline, linear_probe
-
-  discriminator = linear_probe.discriminator_for(config)
+  discriminator = d_features.discriminator_for(config)
   guided = discriminator.clone(
     layers=dataclasses.replace(discriminator.layers, guided_backprop=True)
   )
@@ -426,7 +323,7 @@ def guided_backprop_maps(
 
   @jax.jit
   def strongest_per_image(x):
-    maps = linear_probe.layer_activations(guided, variables, x)[layer]
+    maps = d_features.layer_activations(guided, variables, x)[layer]
     return maps.max(axis=(1, 2))  # [N, C]
 
   strongest = np.asarray(strongest_per_image(x))
@@ -443,7 +340,7 @@ def guided_backprop_maps(
   @jax.jit
   def gradient(image, unit):
     def strongest_activation(img):
-      act = linear_probe.layer_activations(guided, variables, img[None])[layer]
+      act = d_features.layer_activations(guided, variables, img[None])[layer]
       return act[0, :, :, unit].max()
 
     return jax.grad(strongest_activation)(image)
@@ -509,12 +406,10 @@ def guided_backprop(
   """Trained D beside a randomly initialised D (same architecture, the run's
   init seed): for each, a row per top unit with its strongest real images
   and their guided-backprop maps; and a JSON of `map_statistics` for both."""
-  from dcgan_jax import train
-
-  images = train.load_data(run.config, run.workdir)
+  images = loader.load_data(run.config, run.workdir)
   order = np.random.default_rng(seed).permutation(len(images))[:num_images]
   images = images[np.sort(order)]
-  random_state = train.initial_state(run.config)
+  random_state = state_lib.initial_state(run.config)
   panels, report = [], {'layer': layer, 'num_images': len(images)}
   for key, name, state_vars in (
     ('trained', 'trained D', run.d_variables),
@@ -536,7 +431,7 @@ def guided_backprop(
     report[key] = {'units': chosen.tolist(), **stats}
     pairs = np.stack([images[image_idx], gradient_to_uint8(maps)], axis=2)
     panels.append(
-      labelled_grid(
+      figures.labelled_grid(
         pairs.reshape(-1, *pairs.shape[-3:]),
         ['image', 'guided bp'] * (len(chosen) * images_per_unit),
         num_cols=2 * images_per_unit,
@@ -550,10 +445,11 @@ def guided_backprop(
   name = f'guided_backprop_layer{layer}'
   json_path = os.path.join(output, f'{name}.json')
   os.makedirs(output, exist_ok=True)
-  with open(json_path, 'w') as f:
-    json.dump(report, f, indent=2)
+  files.write_json(json_path, report)
   return [
-    save_image(side_by_side(panels), os.path.join(output, f'{name}.png')),
+    figures.save_image(
+      figures.side_by_side(panels), os.path.join(output, f'{name}.png')
+    ),
     json_path,
   ]
 
@@ -571,12 +467,15 @@ def batchnorm_modes(
     raise ValueError(f'small_batch must be in 1..{num}.')
   z = jnp.asarray(run.z(seed, _SHEET_KEY_TAG, num))
   drawn = {}
-  for mode in sample.BATCHNORM_MODES:
-    fn = sample.generator_fn(run.config, run.g_variables, batchnorm=mode)
-    drawn[mode] = sample.to_uint8(fn(z))
-  batch = sample.generator_fn(run.config, run.g_variables, batchnorm='batch')
+  for mode in generate.BATCHNORM_MODES:
+    fn = generate.generator_fn(run.config, run.g_variables, batchnorm=mode)
+    drawn[mode] = generate.to_uint8(fn(z))
+  batch = generate.generator_fn(run.config, run.g_variables, batchnorm='batch')
   drawn[f'batch of {small_batch}'] = np.concatenate(
-    [sample.to_uint8(batch(z[i : i + small_batch])) for i in range(0, num, small_batch)]
+    [
+      generate.to_uint8(batch(z[i : i + small_batch]))
+      for i in range(0, num, small_batch)
+    ]
   )
   running = drawn['running'].astype(np.int16)
   report = {'num': num, 'small_batch': small_batch}
@@ -588,7 +487,7 @@ def batchnorm_modes(
     }
   cols = math.ceil(math.sqrt(num))
   panels = [
-    labelled_grid(
+    figures.labelled_grid(
       images,
       num_cols=cols,
       title=(
@@ -602,7 +501,7 @@ def batchnorm_modes(
   ]
   last = np.abs(drawn[f'batch of {small_batch}'].astype(np.int16) - running)
   panels.append(
-    labelled_grid(
+    figures.labelled_grid(
       np.clip(4 * last, 0, 255).astype(np.uint8),
       num_cols=cols,
       title=f'|batch of {small_batch} - running| x4',
@@ -610,9 +509,10 @@ def batchnorm_modes(
   )
   os.makedirs(output, exist_ok=True)
   json_path = os.path.join(output, 'batchnorm_modes.json')
-  with open(json_path, 'w') as f:
-    json.dump(report, f, indent=2)
-  png = save_image(side_by_side(panels), os.path.join(output, 'batchnorm_modes.png'))
+  files.write_json(json_path, report)
+  png = figures.save_image(
+    figures.side_by_side(panels), os.path.join(output, 'batchnorm_modes.png')
+  )
   return [png, json_path]
 
 
@@ -626,15 +526,16 @@ def gallery(
 ) -> list[str]:
   """The README's gallery: BatchNorm modes, sheet, walks, arithmetic, movie
   frame, guided backprop, into `output`."""
-  files = batchnorm_modes(run, output, num=16)
-  files += sheet(run, output, num=64)
-  files += interpolate(run, output, pairs=4, steps=10)
-  files += arithmetic(run, output, a=a, b=b, c=c, sheet_size=64)
-  files += movie(run, output)
-  files += guided_backprop(run, output)
-  with open(os.path.join(output, 'gallery.json'), 'w') as f:
-    json.dump({'workdir': run.workdir, 'files': files}, f, indent=2)
-  return files
+  written = batchnorm_modes(run, output, num=16)
+  written += sheet(run, output, num=64)
+  written += interpolate(run, output, pairs=4, steps=10)
+  written += arithmetic(run, output, a=a, b=b, c=c, sheet_size=64)
+  written += movie(run, output)
+  written += guided_backprop(run, output)
+  files.write_json(
+    os.path.join(output, 'gallery.json'), {'workdir': run.workdir, 'files': written}
+  )
+  return written
 
 
 COMMANDS: dict[str, Callable[..., list[str]]] = {
@@ -648,80 +549,83 @@ COMMANDS: dict[str, Callable[..., list[str]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-    prog='python -m dcgan_jax.visualize', description=__doc__.split('\n\n')[0]
-  )
-  parser.add_argument('command', choices=sorted(COMMANDS))
-  parser.add_argument('--workdir', required=True, help='Training workdir.')
-  parser.add_argument('--output', default=None, help='Directory (default W/visualize).')
-  parser.add_argument('--batchnorm', default='running', choices=sample.BATCHNORM_MODES)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--num', type=int, default=100, help='sheet: samples.')
-  parser.add_argument('--pairs', type=int, default=6, help='interpolate: walks.')
-  parser.add_argument('--steps', type=int, default=10, help='interpolate: frames.')
-  parser.add_argument('--a', default=None, help='arithmetic: sheet numbers.')
-  parser.add_argument('--b', default=None, help='arithmetic: sheet numbers.')
-  parser.add_argument('--c', default=None, help='arithmetic: sheet numbers.')
-  parser.add_argument('--sheet_seed', type=int, default=0)
-  parser.add_argument('--sheet_size', type=int, default=100)
-  parser.add_argument('--noise', type=float, default=0.25)
-  parser.add_argument('--fps', type=float, default=4)
-  parser.add_argument('--layer', type=int, default=-1, help='guided_backprop.')
-  parser.add_argument('--units', type=int, default=6, help='guided_backprop.')
-  parser.add_argument('--images_per_unit', type=int, default=3, help='guided_backprop.')
-  parser.add_argument(
-    '--small_batch', type=int, default=2, help='batchnorm_modes: batch size.'
-  )
-  args = parser.parse_args(argv)
+COMMAND = cli.Command('visualize', __doc__, subcommands=list(COMMANDS))
+COMMAND.string('workdir', None, 'Training workdir (a single GAN).')
+COMMAND.string('output', None, 'Directory for the pictures (default: W/visualize).')
+COMMAND.enum(
+  'batchnorm', 'running', generate.BATCHNORM_MODES, "G's BatchNorm statistics."
+)
+COMMAND.integer('seed', 0, 'Seed of the z drawn (sheet, interpolate, ...).')
+COMMAND.integer('num', 100, 'sheet: number of samples.', lower_bound=1)
+COMMAND.integer('pairs', 6, 'interpolate: number of walks.', lower_bound=1)
+COMMAND.integer('steps', 10, 'interpolate: frames per walk.', lower_bound=2)
+COMMAND.string('a', None, 'arithmetic: sheet numbers of concept a (e.g. 3,17,42).')
+COMMAND.string('b', None, 'arithmetic: sheet numbers of concept b.')
+COMMAND.string('c', None, 'arithmetic: sheet numbers of concept c.')
+COMMAND.integer('sheet_seed', 0, 'arithmetic: --seed of the sheet numbered.')
+COMMAND.integer('sheet_size', 100, 'arithmetic: --num of the sheet numbered.')
+COMMAND.float('noise', 0.25, 'arithmetic: size of the perturbations of z.')
+COMMAND.float('fps', 4, 'interpolate, movie: GIF frames per second.')
+COMMAND.integer('layer', -1, 'guided_backprop: D layer (-1: the last).')
+COMMAND.integer('units', 6, 'guided_backprop: top units shown.', lower_bound=1)
+COMMAND.integer(
+  'images_per_unit', 3, 'guided_backprop: images per unit.', lower_bound=1
+)
+COMMAND.integer(
+  'small_batch', 2, 'batchnorm_modes: batch size of the small batches.', lower_bound=1
+)
+COMMAND.required('workdir')
+
+
+def _visualize(args, command: str) -> None:
   output = args.output or os.path.join(args.workdir, OUTPUT_DIR)
-  try:
-    run = load_run(args.workdir, args.batchnorm)
-    if args.command == 'sheet':
-      files = sheet(run, output, num=args.num, seed=args.seed)
-    elif args.command == 'interpolate':
-      files = interpolate(
-        run, output, pairs=args.pairs, steps=args.steps, seed=args.seed, fps=args.fps
+  run = load_run(args.workdir, args.batchnorm)
+  if command == 'sheet':
+    written = sheet(run, output, num=args.num, seed=args.seed)
+  elif command == 'interpolate':
+    written = interpolate(
+      run, output, pairs=args.pairs, steps=args.steps, seed=args.seed, fps=args.fps
+    )
+  elif command == 'arithmetic':
+    if not (args.a and args.b and args.c):
+      raise ValueError(
+        'arithmetic needs --a, --b and --c: sheet numbers (e.g. --a=3,17,42) '
+        'from `python -m dcgan_jax.visualize sheet`.'
       )
-    elif args.command == 'arithmetic':
-      if not (args.a and args.b and args.c):
-        raise ValueError(
-          'arithmetic needs --a, --b and --c: sheet numbers (e.g. --a=3,17,42) '
-          'from `python -m dcgan_jax.visualize sheet`.'
-        )
-      files = arithmetic(
-        run,
-        output,
-        a=args.a,
-        b=args.b,
-        c=args.c,
-        sheet_seed=args.sheet_seed,
-        sheet_size=args.sheet_size,
-        noise=args.noise,
-        seed=args.seed,
-      )
-    elif args.command == 'movie':
-      files = movie(run, output, fps=args.fps)
-    elif args.command == 'guided_backprop':
-      files = guided_backprop(
-        run,
-        output,
-        layer=args.layer,
-        units=args.units,
-        images_per_unit=args.images_per_unit,
-        seed=args.seed,
-      )
-    elif args.command == 'batchnorm_modes':
-      files = batchnorm_modes(run, output, seed=args.seed, small_batch=args.small_batch)
-    else:
-      kwargs = {k: getattr(args, k) for k in 'abc' if getattr(args, k)}
-      files = gallery(run, output, **kwargs)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'error: {e}')
-  for path in files:
+    written = arithmetic(
+      run,
+      output,
+      a=args.a,
+      b=args.b,
+      c=args.c,
+      sheet_seed=args.sheet_seed,
+      sheet_size=args.sheet_size,
+      noise=args.noise,
+      seed=args.seed,
+    )
+  elif command == 'movie':
+    written = movie(run, output, fps=args.fps)
+  elif command == 'guided_backprop':
+    written = guided_backprop(
+      run,
+      output,
+      layer=args.layer,
+      units=args.units,
+      images_per_unit=args.images_per_unit,
+      seed=args.seed,
+    )
+  elif command == 'batchnorm_modes':
+    written = batchnorm_modes(run, output, seed=args.seed, small_batch=args.small_batch)
+  else:
+    kwargs = {k: getattr(args, k) for k in 'abc' if getattr(args, k)}
+    written = gallery(run, output, **kwargs)
+  for path in written:
     print(path)
 
 
+def main(argv: Sequence[str]) -> None:
+  COMMAND.run(_visualize, argv)
+
+
 if __name__ == '__main__':
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  main(sys.argv[1:])
+  main(cli.main_argv())

@@ -14,7 +14,7 @@ os.environ['XLA_FLAGS'] = (
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-from dcgan_jax import xla_cpu  # noqa: E402  (imports no JAX)
+from dcgan_jax.util import xla_cpu  # noqa: E402  (imports no JAX)
 
 # The kernels launch.py runs with, so that in-process runs and launched ones
 # compute the same numbers.

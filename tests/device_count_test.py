@@ -15,6 +15,9 @@ import jax
 import numpy as np
 from flax import jax_utils
 
+from dcgan_jax.core import state as gan_state
+from dcgan_jax.core import step as step_lib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 10
 
@@ -26,36 +29,34 @@ def _setup(optimizer: str):
   import optax
 
   from configs import digits
-  from dcgan_jax import train
 
   config = digits.get_config()
   config.image_size = 16
   config.model.g_width = 64
   config.model.d_width = 16
   config.global_batch_size = 32
-  hyper = train.make_step_config(config)
+  hyper = step_lib.make_step_config(config)
   if optimizer == 'sgd':
     sgd = optax.sgd(0.01)
     hyper = dataclasses.replace(hyper, g_tx=sgd, d_tx=sgd)
-  state = train.create_state(
+  state = gan_state.create_state(
     hyper.generator,
     hyper.discriminator,
     hyper.g_tx,
     hyper.d_tx,
-    train.split_root_key(jax.random.key(config.seed))[0],
+    gan_state.split_root_key(jax.random.key(config.seed))[0],
     z_dim=config.model.z_dim,
     image_shape=(16, 16, 1),
   )
-  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  train_key = gan_state.split_root_key(jax.random.key(config.seed))[1]
   return hyper, state, train_key
 
 
 def _make_step(hyper, num_devices: int):
   """state, global batch, key -> next state, on the first num_devices devices."""
-  from dcgan_jax import train
 
   step = jax.pmap(
-    lambda s, x, k: train.train_step(s, x, k, hyper=hyper),
+    lambda s, x, k: step_lib.train_step(s, x, k, hyper=hyper),
     axis_name='batch',
     in_axes=(0, 0, None),
   )
@@ -64,7 +65,7 @@ def _make_step(hyper, num_devices: int):
   def run(state, batch, key):
     state = jax_utils.replicate(state, devices=devices)
     state, _ = step(state, batch.reshape(num_devices, -1, 16, 16, 1), key)
-    return jax.device_get(train.unreplicate(state))
+    return jax.device_get(gan_state.unreplicate(state))
 
   return run
 

@@ -17,7 +17,11 @@ from PIL import Image
 
 from configs import digits as digits_config
 from configs import folder as folder_config
-from dcgan_jax import digits_classifier, models, sample, train
+from dcgan_jax import sample, train
+from dcgan_jax.core import generate
+from dcgan_jax.core import state as gan_state
+from dcgan_jax.evaluation import digits_svm
+from dcgan_jax.networks import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,26 +36,26 @@ def trained_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def digits_svm():
-  return digits_classifier.fit_classifier('digits')
+def digit_reader():
+  return digits_svm.fit_classifier('digits')
 
 
-def test_digits_preset_learns_recognisable_digits(trained_workdir, digits_svm):
+def test_digits_preset_learns_recognisable_digits(trained_workdir, digit_reader):
   images = sample.sample_from_workdir(trained_workdir, 1000)
   assert images.shape == (1000, 32, 32, 1) and images.dtype == np.uint8
-  result = digits_classifier.recognise(images, digits_svm)
+  result = digits_svm.recognise(images, digit_reader)
   print(f'trained generator: {result}')
   assert result.passes(), str(result)
 
 
-def test_untrained_generator_fails_the_same_check(digits_svm):
+def test_untrained_generator_fails_the_same_check(digit_reader):
   config = digits_config.get_config()
   generator, _ = models.create_models(config.model, image_size=32, num_channels=1)
-  state = train.initial_state(config)
+  state = gan_state.initial_state(config)
   z = models.sample_z(jax.random.key(1), 1000, config.model.z_dim, 'uniform')
   variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-  images = sample.to_uint8(sample.generate(generator, variables, z))
-  result = digits_classifier.recognise(images, digits_svm)
+  images = generate.to_uint8(generate.generate(generator, variables, z))
+  result = digits_svm.recognise(images, digit_reader)
   print(f'untrained generator: {result}')
   assert not result.passes(), str(result)
 
@@ -125,7 +129,7 @@ def test_launch_reports_a_bad_config_in_one_line(tmp_path):
 
 def test_folder_preset_learns_a_folder_of_mnist_pngs(tmp_path, tmp_path_factory):
   """28x28 grayscale MNIST digits as PNG files in class subfolders."""
-  images, labels = digits_classifier.read_mnist()
+  images, labels = digits_svm.read_mnist()
   root = tmp_path / 'pngs'
   for i, (image, label) in enumerate(zip(images[:5000], labels, strict=False)):
     os.makedirs(root / str(label), exist_ok=True)
@@ -141,9 +145,9 @@ def test_folder_preset_learns_a_folder_of_mnist_pngs(tmp_path, tmp_path_factory)
   config.num_train_steps = 1000
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
-  result = digits_classifier.recognise(
+  result = digits_svm.recognise(
     sample.sample_from_workdir(workdir, 1000),
-    digits_classifier.fit_classifier('mnist'),
+    digits_svm.fit_classifier('mnist'),
   )
   print(f'folder of MNIST PNGs: {result}')
   assert result.passes(), str(result)

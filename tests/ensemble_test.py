@@ -9,6 +9,8 @@ import pytest
 from train_test import checkpoint_leaves, logged_metrics, small_config
 
 from dcgan_jax import sample, train
+from dcgan_jax.core import rundir
+from dcgan_jax.util import errors
 
 
 @pytest.fixture(scope='module')
@@ -41,7 +43,7 @@ def test_members_are_bitwise_their_single_seed_runs(data_dir, single_runs, tmp_p
   for seed in (3, 4):
     member = tmp_path / f'seed_{seed}'
     assert_same_run(member, single_runs / str(seed))
-    assert train.load_config(str(member)).seed == seed
+    assert rundir.load_config(str(member)).seed == seed
     # Each member is a workdir the sampling tool reads like any other.
     assert sample.sample_from_workdir(str(member), 4).shape == (4, 16, 16, 1)
   with pytest.raises(FileNotFoundError, match='seed_3'):
@@ -81,5 +83,5 @@ def test_bad_ensemble_configs(data_dir, tmp_path):
     ({'num_seeds': 0}, 'num_seeds must be >= 1'),
     ({'ensemble': 'pmap'}, "ensemble must be 'unroll' or 'vmap'"),
   ):
-    with pytest.raises(train.ConfigError, match=message):
+    with pytest.raises(errors.ConfigError, match=message):
       train.train_and_evaluate(small_config(data_dir, **overrides), str(tmp_path))

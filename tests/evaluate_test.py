@@ -19,7 +19,13 @@ import pytest
 from digits_run import NUM_STEPS, tiny_config
 from PIL import Image
 
-from dcgan_jax import evaluate, models, sample, train
+from dcgan_jax import evaluate, train
+from dcgan_jax.core import config_checks, generate, rundir
+from dcgan_jax.core import state as gan_state
+from dcgan_jax.data import loader
+from dcgan_jax.evaluation import evaluator, label_classifier
+from dcgan_jax.networks import models
+from dcgan_jax.util import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 300
@@ -32,11 +38,11 @@ def workdir(tiny_digits_workdir):
 
 @pytest.fixture(scope='module')
 def first_report(workdir):
-  return evaluate.evaluate(workdir, num_samples=NUM_SAMPLES, metrics=['classifier'])
+  return evaluator.evaluate(workdir, num_samples=NUM_SAMPLES, metrics=['classifier'])
 
 
 def classifier_files(workdir):
-  directory = os.path.join(workdir, evaluate.CLASSIFIER_DIR)
+  directory = os.path.join(workdir, evaluator.CLASSIFIER_DIR)
   return {
     name: os.stat(os.path.join(directory, name)).st_mtime_ns
     for name in ('params.msgpack', 'classifier.json', 'real_stats.npz')
@@ -47,10 +53,10 @@ def untrained_samples(config, num):
   generator, _ = models.create_models(
     config.model, image_size=config.image_size, num_channels=config.num_channels
   )
-  state = train.initial_state(config)
+  state = gan_state.initial_state(config)
   variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
   z = models.sample_z(jax.random.key(1), num, config.model.z_dim, config.model.z_dist)
-  return sample.to_uint8(sample.generate(generator, variables, z))
+  return generate.to_uint8(generate.generate(generator, variables, z))
 
 
 def test_report_fields_ranges_and_tensorboard(workdir, first_report):
@@ -91,11 +97,11 @@ def test_classifier_is_accurate_on_held_out_digits(first_report):
 
 def test_classifier_cache_is_reused(workdir, first_report):
   before = classifier_files(workdir)
-  again = evaluate.evaluate(workdir, num_samples=NUM_SAMPLES, metrics=['classifier'])
+  again = evaluator.evaluate(workdir, num_samples=NUM_SAMPLES, metrics=['classifier'])
   assert classifier_files(workdir) == before  # Nothing retrained or rewritten.
   assert again['details']['classifier']['cached'] is True
   assert again['metrics'] == first_report['metrics']  # Same z, same classifier.
-  other_seed = evaluate.evaluate(
+  other_seed = evaluator.evaluate(
     workdir, num_samples=NUM_SAMPLES, metrics=['classifier'], seeds=[1]
   )
   assert (
@@ -106,12 +112,12 @@ def test_classifier_cache_is_reused(workdir, first_report):
 def test_classifier_fd_separates_real_data_from_an_untrained_generator(
   workdir, first_report
 ):
-  config = train.load_config(workdir)
-  real = train.load_data(config, workdir)
+  config = rundir.load_config(workdir)
+  real = loader.load_data(config, workdir)
   subset = real[np.random.default_rng(0).permutation(len(real))[:NUM_SAMPLES]]
-  real_metrics, _ = evaluate.compute_metrics(workdir, config, subset, ['classifier'])
+  real_metrics, _ = evaluator.compute_metrics(workdir, config, subset, ['classifier'])
   fake = untrained_samples(config, NUM_SAMPLES)
-  fake_metrics, _ = evaluate.compute_metrics(workdir, config, fake, ['classifier'])
+  fake_metrics, _ = evaluator.compute_metrics(workdir, config, fake, ['classifier'])
   trained_fd = first_report['metrics']['classifier_fd']
   print(
     f'classifier_fd: real {real_metrics["classifier_fd"]:.3f}, G after '
@@ -125,15 +131,15 @@ def test_classifier_fd_separates_real_data_from_an_untrained_generator(
 
 
 def test_folder_data_set_says_which_metrics_work(workdir):
-  config = train.load_config(workdir)
+  config = rundir.load_config(workdir)
   config.dataset = 'folder:/nonexistent/images'
   images = np.zeros((10, 16, 16, 1), np.uint8)
   with pytest.raises(ValueError, match='labelled data set.*--metrics=inception'):
-    evaluate.compute_metrics(
+    evaluator.compute_metrics(
       workdir, config, images, ['classifier'], real_images=images
     )
   with pytest.raises(ValueError, match='metrics must be some of'):
-    evaluate.compute_metrics(workdir, config, images, ['fid'], real_images=images)
+    evaluator.compute_metrics(workdir, config, images, ['fid'], real_images=images)
 
 
 class StandInInception(nn.Module):
@@ -156,13 +162,13 @@ def test_inception_path_with_a_stand_in_network(workdir, tmp_path, monkeypatch):
     loads.append(path)
     return module, variables
 
-  monkeypatch.setattr(evaluate.inception, 'load_fid_inception', fake_load)
-  config = train.load_config(workdir)
-  real = train.load_data(config, workdir)[:250]
+  monkeypatch.setattr(evaluator.inception, 'load_fid_inception', fake_load)
+  config = rundir.load_config(workdir)
+  real = loader.load_data(config, workdir)[:250]
   fake = untrained_samples(config, 120)
   eval_dir = str(tmp_path)  # Own cache: the real data here is a subset.
   kwargs = dict(real_images=real, inception_weights='stand_in.pth')
-  metrics, details = evaluate.compute_metrics(
+  metrics, details = evaluator.compute_metrics(
     eval_dir, config, fake, ['inception'], **kwargs
   )
   details = details['inception']
@@ -178,12 +184,12 @@ def test_inception_path_with_a_stand_in_network(workdir, tmp_path, monkeypatch):
   with np.load(cache) as data:
     assert data['kid_features'].shape == (250, 32)
 
-  again, details = evaluate.compute_metrics(
+  again, details = evaluator.compute_metrics(
     eval_dir, config, fake, ['inception'], **kwargs
   )
   assert details['inception']['cached'] is True and os.stat(cache).st_mtime_ns == mtime
   assert again == metrics
-  real_again, _ = evaluate.compute_metrics(
+  real_again, _ = evaluator.compute_metrics(
     eval_dir, config, real[:120], ['inception'], **kwargs
   )
   assert real_again['fid'] * 5 < metrics['fid']
@@ -191,11 +197,11 @@ def test_inception_path_with_a_stand_in_network(workdir, tmp_path, monkeypatch):
 
 
 def test_missing_inception_weights_say_where_to_put_them(workdir, tmp_path):
-  config = train.load_config(workdir)
+  config = rundir.load_config(workdir)
   images = np.zeros((10, 16, 16, 1), np.uint8)
   missing = str(tmp_path / 'pt_inception.pth')
   with pytest.raises(FileNotFoundError, match='FID Inception weights not found'):
-    evaluate.compute_metrics(
+    evaluator.compute_metrics(
       str(tmp_path),
       config,
       images,
@@ -238,19 +244,19 @@ def test_command_line(workdir, first_report):
 def test_memorization_of_a_generator_that_copies_training_images(workdir):
   """Samples that are training images are flagged; real held-out-like
   samples (other training images, not copies) are not."""
-  config = train.load_config(workdir)
-  state = train.restore_latest(workdir, config)
-  real = train.load_data(config, workdir)
+  config = rundir.load_config(workdir)
+  state = rundir.restore_latest(workdir, config)
+  real = loader.load_data(config, workdir)
   order = np.random.default_rng(0).permutation(len(real))
   copies = real[order[:200]]
-  metrics, details = evaluate.memorization_metrics(
+  metrics, details = evaluator.memorization_metrics(
     str(workdir), config, state, copies, real
   )
   assert metrics['memorization_pixels_exact_copies'] == 200
   assert metrics['memorization_dfeatures_share_below_train_p01'] > 0.9
   assert details['pixels']['memorisation_suspected']
   half = len(real) // 2
-  metrics, details = evaluate.memorization_metrics(
+  metrics, details = evaluator.memorization_metrics(
     str(workdir), config, state, real[order[:half]][:300], real[order[half:]]
   )
   assert metrics['memorization_pixels_exact_copies'] == 0
@@ -262,24 +268,24 @@ def test_memorization_of_a_generator_that_copies_training_images(workdir):
 
 
 def test_classifier_is_retrained_when_its_fingerprint_changes(workdir, tmp_path):
-  config = train.load_config(workdir)
-  real = train.load_data(config, workdir)
-  few = evaluate.ClassifierTraining(steps=3)
-  first = evaluate.load_or_train_classifier(str(tmp_path), config, real, few)
-  again = evaluate.load_or_train_classifier(str(tmp_path), config, real, few)
+  config = rundir.load_config(workdir)
+  real = loader.load_data(config, workdir)
+  few = label_classifier.ClassifierTraining(steps=3)
+  first = evaluator.load_or_train_classifier(str(tmp_path), config, real, few)
+  again = evaluator.load_or_train_classifier(str(tmp_path), config, real, few)
   assert (first.cached, again.cached) == (False, True)
   assert jax.tree.all(
     jax.tree.map(np.array_equal, jax.device_get(first.params), again.params)
   )
-  other = evaluate.ClassifierTraining(steps=4)
-  changed = evaluate.load_or_train_classifier(str(tmp_path), config, real, other)
+  other = label_classifier.ClassifierTraining(steps=4)
+  changed = evaluator.load_or_train_classifier(str(tmp_path), config, real, other)
   assert changed.cached is False and 'steps=4' in changed.fingerprint
-  with open(tmp_path / evaluate.CLASSIFIER_DIR / 'classifier.json') as f:
+  with open(tmp_path / evaluator.CLASSIFIER_DIR / 'classifier.json') as f:
     assert json.load(f)['fingerprint'] == changed.fingerprint
 
 
 def test_several_z_seeds_report_mean_and_spread(workdir, first_report):
-  report = evaluate.evaluate(
+  report = evaluator.evaluate(
     workdir, num_samples=NUM_SAMPLES, metrics=['classifier'], seeds=[0, 1, 2]
   )
   fds = report['spread']['classifier_fd']['values']
@@ -290,7 +296,7 @@ def test_several_z_seeds_report_mean_and_spread(workdir, first_report):
   assert len(report['metrics']['class_fractions']) == 10
   assert 'class_fractions' not in report['spread']
   assert report['seeds'] == [0, 1, 2]
-  assert 'mean (std) over them' in evaluate.summary(report)
+  assert 'mean (std) over them' in evaluator.summary(report)
 
 
 def test_class_coverage_figure(workdir, first_report):
@@ -309,7 +315,7 @@ def test_missing_inception_weights_fail_before_sampling(workdir, tmp_path, monke
 
   monkeypatch.setattr(evaluate, 'generate_samples', no_sampling)
   with pytest.raises(FileNotFoundError, match='FID Inception weights not found'):
-    evaluate.evaluate(
+    evaluator.evaluate(
       workdir,
       num_samples=NUM_SAMPLES,
       metrics=['classifier', 'inception'],
@@ -338,11 +344,11 @@ def test_periodic_evaluation_of_a_seed_ensemble(tmp_path_factory):
       assert json.load(f)['num_samples'] == 100
   # One classifier, shared by the GANs, trained once.
   assert os.path.exists(
-    os.path.join(workdir, evaluate.CLASSIFIER_DIR, 'params.msgpack')
+    os.path.join(workdir, evaluator.CLASSIFIER_DIR, 'params.msgpack')
   )
-  assert not os.path.exists(os.path.join(workdir, 'seed_0', evaluate.CLASSIFIER_DIR))
+  assert not os.path.exists(os.path.join(workdir, 'seed_0', evaluator.CLASSIFIER_DIR))
 
-  report = evaluate.evaluate(workdir, num_samples=100, metrics=['classifier'])
+  report = evaluator.evaluate(workdir, num_samples=100, metrics=['classifier'])
   members = []
   for path in report['member_reports']:
     with open(path) as f:
@@ -360,9 +366,9 @@ def test_evaluation_config_that_cannot_run_stops_before_training(tmp_path):
   config.eval_every_steps = 10
   config.eval_metrics = 'classifier,inception'
   config.inception_weights = str(tmp_path / 'missing.pth')
-  with pytest.raises(train.ConfigError, match='eval_every_steps=10.*FID Inception'):
+  with pytest.raises(errors.ConfigError, match='eval_every_steps=10.*FID Inception'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
   config.eval_metrics = 'classifier,fid'
-  with pytest.raises(train.ConfigError, match='eval_metrics must be'):
-    train.validate_config(config, 1)
+  with pytest.raises(errors.ConfigError, match='eval_metrics must be'):
+    config_checks.validate_config(config, 1)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from digits_run import NUM_STEPS
 
-from dcgan_jax import export, models, sample, train
+from dcgan_jax import export
+from dcgan_jax.core import generate, rundir
+from dcgan_jax.networks import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,13 +75,13 @@ def workdir(tiny_digits_workdir):
 
 
 def in_process_images(workdir, z):
-  config = train.load_config(workdir)
+  config = rundir.load_config(workdir)
   generator, _ = models.create_models(
     config.model, image_size=config.image_size, num_channels=config.num_channels
   )
-  state = train.restore_latest(workdir, config)
+  state = rundir.restore_latest(workdir, config)
   variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-  return np.asarray(sample.generate(generator, variables, z, batchnorm='running'))
+  return np.asarray(generate.generate(generator, variables, z, batchnorm='running'))
 
 
 @pytest.mark.parametrize('conv_impl', ['xla', 'phases'])
@@ -96,7 +98,7 @@ def test_exported_generator_runs_with_only_jax(workdir, tmp_path, conv_impl):
   assert signature['image_shape'] == ['batch', 16, 16, 1]
   assert signature['platforms'] == ['cpu', 'cuda', 'tpu']
   assert signature['load_requires'] == [f'jax>={jax.__version__}', 'flatbuffers']
-  assert train.load_config(output).to_dict() == train.load_config(workdir).to_dict()
+  assert rundir.load_config(output).to_dict() == rundir.load_config(workdir).to_dict()
 
   z = np.asarray(models.sample_z(jax.random.key(5), 8, 100, 'uniform'))
   np.save(tmp_path / 'z.npy', z)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import linalg, stats
 
-from dcgan_jax import gan_metrics
+from dcgan_jax.evaluation import gan_metrics
 
 
 def correlated_features(n, d, seed, *, offset=0.0):

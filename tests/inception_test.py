@@ -26,7 +26,7 @@ import pytest
 import scipy.ndimage
 from numpy.lib.stride_tricks import sliding_window_view
 
-from dcgan_jax import inception, pth_reader
+from dcgan_jax.evaluation import inception, pth_reader
 
 # ----------------------------------------------------------------------------
 # The published architecture: every BasicConv2d as

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from configs import mnist_files
-from dcgan_jax import digits_classifier, train
-from dcgan_jax import input_pipeline as ip
+from dcgan_jax.data import input_pipeline as ip
+from dcgan_jax.data import loader
+from dcgan_jax.evaluation import digits_svm
+from dcgan_jax.util import errors
 
 
 @pytest.fixture(scope='module')
@@ -33,7 +35,7 @@ def _solid(height, width, colour):
 
 
 def _mnist_test_images(count):
-  return digits_classifier.read_mnist()[0][:count]
+  return digits_svm.read_mnist()[0][:count]
 
 
 # --------------------------------------------------------------------------
@@ -44,7 +46,7 @@ def test_digits_builder_matches_sklearn(digits_data_dir):
   import tensorflow_datasets as tfds
   from sklearn.datasets import load_digits
 
-  from dcgan_jax import digits_dataset
+  from dcgan_jax.data import digits_dataset
 
   builder = tfds.builder(digits_dataset.NAME, data_dir=digits_data_dir)
   assert builder.is_prepared()
@@ -84,7 +86,7 @@ def test_digits_resolution_and_channels(digits_data_dir):
   grey = ip.load_images(image_size=16, num_channels=1, crop='none', **kwargs)
   from sklearn.datasets import load_digits
 
-  from dcgan_jax import digits_dataset
+  from dcgan_jax.data import digits_dataset
 
   np.testing.assert_array_equal(
     native[..., 0], digits_dataset.scale_to_uint8(load_digits().images)
@@ -521,12 +523,12 @@ def _write_idx(path, array, *, compress=False, type_byte=0x08):
 
 @pytest.fixture(scope='module')
 def mnist_test_set():
-  return digits_classifier.read_mnist()
+  return digits_svm.read_mnist()
 
 
 def test_idx_reads_the_real_mnist_files(mnist_test_set):
   digits, labels = mnist_test_set
-  dataset = f'idx:{digits_classifier.MNIST_DIR}'
+  dataset = f'idx:{digits_svm.MNIST_DIR}'
   same = ip.load_images(dataset=dataset, split='test', image_size=28, num_channels=1)
   assert same.shape == (10_000, 28, 28, 1) and same.dtype == np.uint8
   np.testing.assert_array_equal(same[..., 0], digits)
@@ -593,8 +595,8 @@ def test_idx_missing_files_and_splits_are_named(tmp_path, mnist_test_set):
   config = mnist_files.get_config()
   config.dataset = f'idx:{tmp_path}'
   config.split = 'train'
-  with pytest.raises(train.ConfigError, match='train-images-idx3-ubyte'):
-    train.load_data(config, str(tmp_path / 'workdir'))
+  with pytest.raises(errors.ConfigError, match='train-images-idx3-ubyte'):
+    loader.load_data(config, str(tmp_path / 'workdir'))
 
 
 def test_idx_corrupt_files_are_named(tmp_path, mnist_test_set):

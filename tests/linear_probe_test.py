@@ -21,7 +21,12 @@ from sklearn import preprocessing, svm
 from configs import cifar10 as cifar10_config
 from configs import default, digits, imagenet32, mnist_files, svhn
 from dcgan_jax import linear_probe as lp
-from dcgan_jax import models, train
+from dcgan_jax import train
+from dcgan_jax.core import rundir
+from dcgan_jax.core import state as gan_state
+from dcgan_jax.evaluation import d_features
+from dcgan_jax.evaluation import probe as probe_lib
+from dcgan_jax.networks import models
 
 
 def _config(arch='dcgan', image_size=32, num_channels=1, d_width=4, seed=0, **model):
@@ -55,13 +60,13 @@ def _random_like(tree, seed=0):
 
 def _d_variables(config, seed=0):
   """Random D variables with non-trivial BatchNorm statistics."""
-  abstract = jax.eval_shape(lambda: lp.initial_d_variables(config))
+  abstract = jax.eval_shape(lambda: gan_state.initial_d_variables(config))
   return _random_like(abstract, seed)
 
 
 def _state(config, seed=0):
   """A random GANState at step 0 (what a checkpoint holds)."""
-  return _random_like(jax.eval_shape(lambda: train.initial_state(config)), seed)
+  return _random_like(jax.eval_shape(lambda: gan_state.initial_state(config)), seed)
 
 
 def _images(config, n, seed=0):
@@ -71,9 +76,9 @@ def _images(config, n, seed=0):
 
 def _save_workdir(workdir, config, state=None):
   os.makedirs(workdir, exist_ok=True)
-  train.save_config(config, str(workdir))
+  rundir.save_config(config, str(workdir))
   if state is not None:
-    with train.checkpoint_manager(str(workdir)) as mngr:
+    with rundir.checkpoint_manager(str(workdir)) as mngr:
       mngr.save(int(state.step), args=ocp.args.StandardSave(state))
       mngr.wait_until_finished()
   return str(workdir)
@@ -106,7 +111,7 @@ def _pool_reference(x, size=4):
 )
 def test_adaptive_max_pool_matches_numpy(shape):
   x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-  got = np.asarray(lp.adaptive_max_pool(jnp.asarray(x)))
+  got = np.asarray(d_features.adaptive_max_pool(jnp.asarray(x)))
   np.testing.assert_array_equal(got, _pool_reference(x))
   assert got.shape == (shape[0], min(shape[1], 4), min(shape[2], 4), shape[3])
 
@@ -114,7 +119,7 @@ def test_adaptive_max_pool_matches_numpy(shape):
 def test_adaptive_max_pool_by_hand():
   x = np.arange(7, dtype=np.float32)[::-1].reshape(1, 7, 1, 1)  # 6 5 4 3 2 1 0
   # Windows of 7 rows: [0, 2), [1, 4), [3, 6), [5, 7).
-  assert np.asarray(lp.adaptive_max_pool(x)).ravel().tolist() == [6, 5, 3, 1]
+  assert np.asarray(d_features.adaptive_max_pool(x)).ravel().tolist() == [6, 5, 3, 1]
 
 
 # ----------------------------------------------------------------------------
@@ -136,7 +141,7 @@ def test_adaptive_max_pool_by_hand():
   ],
 )
 def test_feature_counts(config, count):
-  assert lp.feature_count(config) == count
+  assert d_features.feature_count(config) == count
 
 
 @pytest.mark.parametrize(
@@ -153,7 +158,7 @@ def test_layers_are_d_after_batchnorm_and_activation(config):
   variables = _d_variables(config)
   images = _images(config, 5)
   x = jnp.asarray(images, jnp.float32) / 127.5 - 1
-  maps = lp.layer_activations(d, variables, x)
+  maps = d_features.layer_activations(d, variables, x)
   logits = d.apply(variables, x, train=False)
   params = variables['params']['logits']
   if config.model.arch == 'conv28':
@@ -178,7 +183,7 @@ def test_layers_are_d_after_batchnorm_and_activation(config):
   )
   conv = conv + variables['params']['conv_0']['bias']
   np.testing.assert_allclose(maps[0], jnp.where(conv > 0, conv, 0.2 * conv), atol=1e-5)
-  features = lp.discriminator_features(config, variables, images)
+  features = d_features.discriminator_features(config, variables, images)
   pooled = [_pool_reference(np.asarray(m)).reshape(5, -1) for m in maps]
   np.testing.assert_allclose(features, np.concatenate(pooled, 1), atol=1e-5)
 
@@ -187,16 +192,16 @@ def test_random_d_is_the_d_training_starts_from():
   config = _config(d_width=8, seed=3)
   _, d = models.create_models(config.model, image_size=32, num_channels=1)
   tiny_g = models.MLPGenerator(models.LayerSettings(), 2, 1, hidden=2)  # Cheap.
-  state = train.create_state(
+  state = gan_state.create_state(
     tiny_g,
     d,
     optax.sgd(0.1),
     optax.sgd(0.1),
-    train.split_root_key(jax.random.key(config.seed))[0],  # As initial_state.
+    gan_state.split_root_key(jax.random.key(config.seed))[0],  # As initial_state.
     z_dim=config.model.z_dim,
     image_shape=(32, 32, 1),
   )
-  variables = lp.initial_d_variables(config)
+  variables = gan_state.initial_d_variables(config)
   jax.tree.map(np.testing.assert_array_equal, variables['params'], state.d_params)
   jax.tree.map(
     np.testing.assert_array_equal, variables['batch_stats'], state.d_batch_stats
@@ -207,15 +212,17 @@ def test_features_are_deterministic_and_batch_independent():
   config = _config()
   variables = _d_variables(config)
   images = _images(config, 37)
-  first = lp.discriminator_features(config, variables, images, batch_size=16)
-  assert first.shape == (37, lp.feature_count(config)) and first.dtype == np.float32
+  first = d_features.discriminator_features(config, variables, images, batch_size=16)
+  assert (
+    first.shape == (37, d_features.feature_count(config)) and first.dtype == np.float32
+  )
   np.testing.assert_array_equal(
-    first, lp.discriminator_features(config, variables, images, batch_size=16)
+    first, d_features.discriminator_features(config, variables, images, batch_size=16)
   )
   np.testing.assert_allclose(
-    first, lp.discriminator_features(config, variables, images), atol=1e-5
+    first, d_features.discriminator_features(config, variables, images), atol=1e-5
   )
-  assert lp.discriminator_features(config, variables, images[:0]).shape == (
+  assert d_features.discriminator_features(config, variables, images[:0]).shape == (
     0,
     first.shape[1],
   )
@@ -225,11 +232,13 @@ def test_feature_errors():
   config = _config()
   variables = _d_variables(config)
   with pytest.raises(ValueError, match=r'uint8 images \[N, 32, 32, 1\]'):
-    lp.discriminator_features(config, variables, _images(_config(image_size=16), 2))
+    d_features.discriminator_features(
+      config, variables, _images(_config(image_size=16), 2)
+    )
   with pytest.raises(ValueError, match='uint8'):
-    lp.discriminator_features(config, variables, np.zeros((2, 32, 32, 1)))
+    d_features.discriminator_features(config, variables, np.zeros((2, 32, 32, 1)))
   with pytest.raises(ValueError, match="'mlp' has no convolutions"):
-    lp.feature_count(_config('mlp'))
+    d_features.feature_count(_config('mlp'))
 
 
 # ----------------------------------------------------------------------------
@@ -243,21 +252,31 @@ def _labels(n_per_class=100, num_classes=10, seed=0):
 
 def test_split_is_balanced_disjoint_and_fixed_by_the_seed():
   labels = _labels()
-  probe = lp.PROBES['mnist_1000']
-  split = lp.draw_split(probe, labels, 10, num_test_split=None, num_labels=200, seed=0)
+  probe = probe_lib.PROBES['mnist_1000']
+  split = probe_lib.draw_split(
+    probe, labels, 10, num_test_split=None, num_labels=200, seed=0
+  )
   assert np.bincount(labels[split.labelled]).tolist() == [20] * 10
   assert len(split.validation) == 0 and len(split.test) == 800
   assert not set(split.labelled) & set(split.test)
-  again = lp.draw_split(probe, labels, 10, num_test_split=None, num_labels=200, seed=0)
+  again = probe_lib.draw_split(
+    probe, labels, 10, num_test_split=None, num_labels=200, seed=0
+  )
   np.testing.assert_array_equal(again.labelled, split.labelled)
-  other = lp.draw_split(probe, labels, 10, num_test_split=None, num_labels=200, seed=1)
+  other = probe_lib.draw_split(
+    probe, labels, 10, num_test_split=None, num_labels=200, seed=1
+  )
   assert set(other.labelled) != set(split.labelled)
   # 203 labels: 20 per class and 3 classes with one more.
-  odd = lp.draw_split(probe, labels, 10, num_test_split=None, num_labels=203, seed=0)
+  odd = probe_lib.draw_split(
+    probe, labels, 10, num_test_split=None, num_labels=203, seed=0
+  )
   assert sorted(np.bincount(labels[odd.labelled]).tolist()) == [20] * 7 + [21] * 3
   # 'rest': validation from the unlabelled rest, test from the test split.
-  rest = dataclasses.replace(lp.PROBES['svhn_1000'], num_validation=100)
-  split = lp.draw_split(rest, labels, 10, num_test_split=50, num_labels=100, seed=0)
+  rest = dataclasses.replace(probe_lib.PROBES['svhn_1000'], num_validation=100)
+  split = probe_lib.draw_split(
+    rest, labels, 10, num_test_split=50, num_labels=100, seed=0
+  )
   assert len(split.validation) == 100 and not set(split.validation) & set(
     split.labelled
   )
@@ -266,19 +285,23 @@ def test_split_is_balanced_disjoint_and_fixed_by_the_seed():
 
 def test_split_errors():
   labels = _labels()
-  probe = lp.PROBES['mnist_1000']
+  probe = probe_lib.PROBES['mnist_1000']
   kw = dict(num_test_split=None, seed=0)
   with pytest.raises(ValueError, match=r'num_labels=1000 must be in \[1, 999\]'):
-    lp.draw_split(probe, labels, 10, num_labels=1000, **kw)
+    probe_lib.draw_split(probe, labels, 10, num_labels=1000, **kw)
   with pytest.raises(ValueError, match='examples of class 3, which has 0'):
-    lp.draw_split(probe, np.where(labels == 3, 4, labels), 10, num_labels=901, **kw)
+    probe_lib.draw_split(
+      probe, np.where(labels == 3, 4, labels), 10, num_labels=901, **kw
+    )
   with pytest.raises(ValueError, match='at least 50 labels'):
-    lp.draw_split(probe, labels, 10, num_labels=40, **kw)
-  holdout = lp.PROBES['cifar10']
+    probe_lib.draw_split(probe, labels, 10, num_labels=40, **kw)
+  holdout = probe_lib.PROBES['cifar10']
   with pytest.raises(ValueError, match='a fifth of 4 labelled'):
-    lp.draw_split(holdout, labels[:4], 10, num_labels=None, num_test_split=10, seed=0)
-  assert lp.holdout_size(holdout, 50_000) == 5000
-  assert lp.holdout_size(holdout, 1000) == 200
+    probe_lib.draw_split(
+      holdout, labels[:4], 10, num_labels=None, num_test_split=10, seed=0
+    )
+  assert probe_lib.holdout_size(holdout, 50_000) == 5000
+  assert probe_lib.holdout_size(holdout, 1000) == 200
 
 
 def test_span_coordinates_give_liblinears_own_solution():
@@ -286,7 +309,7 @@ def test_span_coordinates_give_liblinears_own_solution():
   y = rng.integers(0, 3, 60)
   x = rng.normal(size=(60, 300)) + y[:, None] * rng.normal(size=300) * 0.3
   x_test = rng.normal(size=(200, 300)) + 0.3 * rng.normal(size=300)
-  model = lp.fit_svm(x, y, 0.01)
+  model = probe_lib.fit_svm(x, y, 0.01)
   scaler = preprocessing.StandardScaler().fit(x)
   plain = svm.LinearSVC(C=0.01, dual=True, tol=1e-8, max_iter=100_000)
   plain.fit(scaler.transform(x), y)
@@ -296,7 +319,7 @@ def test_span_coordinates_give_liblinears_own_solution():
   np.testing.assert_array_equal(
     model.predict(x_test), plain.predict(scaler.transform(x_test))
   )
-  two = lp.fit_svm(x, (y > 0).astype(int), 0.01)  # Two classes: one weight row.
+  two = probe_lib.fit_svm(x, (y > 0).astype(int), 0.01)  # Two classes: one weight row.
   assert two.coef.shape == (1, 300) and set(two.predict(x_test)) <= {0, 1}
 
 
@@ -313,17 +336,21 @@ def test_mocked_tfds_probe_end_to_end(tmp_path, capsys, name):
   config.data_dir = str(tmp_path / 'tfds')
   workdir = _save_workdir(tmp_path / 'w', config, _state(config))
   if name == 'svhn_1000':
-    probe = dataclasses.replace(lp.PROBES[name], num_labels=20, num_validation=30)
+    probe = dataclasses.replace(
+      probe_lib.PROBES[name], num_labels=20, num_validation=30
+    )
   else:
-    probe = dataclasses.replace(lp.PROBES[name], num_validation=20, c_grid=(0.01, 1))
+    probe = dataclasses.replace(
+      probe_lib.PROBES[name], num_validation=20, c_grid=(0.01, 1)
+    )
   with tfds.testing.mock_data(num_examples=100):
-    report = lp.run_probe(workdir, probe)
+    report = probe_lib.run_probe(workdir, probe)
   assert report['step'] == 0 and report['probe'] == 'custom'
   assert report['image_shape'] == [32, 32, 3]
   expected = (20, 30) if name == 'svhn_1000' else (100, 20)
   assert (report['num_labelled'], report['num_validation']) == expected
   assert report['num_test'] == 100
-  for rep in lp.REPRESENTATIONS:
+  for rep in probe_lib.REPRESENTATIONS:
     result = report['results'][rep]
     assert 0 <= result['accuracy'] <= 1 and result['C'] in probe.c_grid
   assert report['results']['d_features']['num_features'] == 16 * (4 + 8 + 16)
@@ -332,20 +359,20 @@ def test_mocked_tfds_probe_end_to_end(tmp_path, capsys, name):
   with open(path) as f:
     assert json.load(f)['results'] == report['results']
   assert any(f.startswith('events.out') for f in os.listdir(os.path.dirname(path)))
-  assert 'trained D' in lp.summary(report)
+  assert 'trained D' in probe_lib.summary(report)
   if name == 'svhn_1000':
     return
   # The command, with the preset (5,000 held out: at most a fifth of 100)
   # and another seed; then the same again: the same numbers.
   with tfds.testing.mock_data(num_examples=100):
     lp.main([f'--workdir={workdir}', '--probe=cifar10', '--seed=1'])
-    again = lp.run_probe(workdir, 'cifar10', seed=1)
+    again = probe_lib.run_probe(workdir, 'cifar10', seed=1)
   path = os.path.join(workdir, 'eval', 'probe_cifar10_seed1_step_0.json')
   assert f'Report: {path}' in capsys.readouterr().out
   with open(path) as f:
     first = json.load(f)
   assert first['num_validation'] == 20 and first['variant'] == 'cifar10_seed1'
-  for rep in lp.REPRESENTATIONS:
+  for rep in probe_lib.REPRESENTATIONS:
     for key in ('accuracy', 'C', 'validation_accuracy'):
       assert again['results'][rep][key] == first['results'][rep][key]
 
@@ -360,19 +387,19 @@ def test_command_errors_are_clear(tmp_path):
   config = _config()
   empty = _save_workdir(tmp_path / 'empty', config)
   message = _exit_message(f'--workdir={empty}', '--probe=mnist_1001')
-  assert message.startswith('error: Unknown probe') and 'mnist_1000' in message
+  assert message.startswith('Error: Unknown probe') and 'mnist_1000' in message
   message = _exit_message(f'--workdir={empty}', '--probe=mnist_1000')
-  assert message.startswith('error: No checkpoint') and 'train first' in message
+  assert message.startswith('Error: No checkpoint') and 'train first' in message
   mlp = _save_workdir(tmp_path / 'mlp', _config('mlp'))
   message = _exit_message(f'--workdir={mlp}', '--probe=mnist_1000')
-  assert "error: model.arch='mlp' has no convolutions" in message
+  assert "Error: model.arch='mlp' has no convolutions" in message
   message = _exit_message(f'--workdir={tmp_path / "none"}', '--probe=cifar10')
   assert 'not a dcgan_jax workdir' in message
   ready = _save_workdir(tmp_path / 'ready', config, _state(config))
   message = _exit_message(
     f'--workdir={ready}', '--probe=mnist_1000', '--num_labels=10000'
   )
-  assert 'error: num_labels=10000 must be in [1, 9999]' in message
+  assert 'Error: num_labels=10000 must be in [1, 9999]' in message
 
 
 # ----------------------------------------------------------------------------
@@ -410,13 +437,13 @@ def test_trained_d_features_beat_raw_pixels_on_real_mnist(tmp_path):
   # digits instead of 5-fold CV over 5 values: 3 SVM fits per representation
   # instead of 26.
   probe = dataclasses.replace(
-    lp.PROBES['mnist_1000'],
+    probe_lib.PROBES['mnist_1000'],
     validation='holdout',
     num_validation=200,
     c_grid=(1e-3, 1e-2),
   )
-  report = lp.run_probe(workdir, probe)
-  print(lp.summary(report))
+  report = probe_lib.run_probe(workdir, probe)
+  print(probe_lib.summary(report))
   accuracy = {rep: r['accuracy'] for rep, r in report['results'].items()}
   assert (report['num_labelled'], report['num_test']) == (1000, 9000)
   assert 0.75 < accuracy['pixels'] < 0.9, accuracy

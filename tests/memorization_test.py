@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from dcgan_jax import memorization
-from dcgan_jax.digits_dataset import scale_to_uint8
+from dcgan_jax.data.digits_dataset import scale_to_uint8
+from dcgan_jax.evaluation import memorization
+from dcgan_jax.util import figures
 
 
 def _brute_force(queries, references, k, self_ids=None):
@@ -188,7 +189,7 @@ def test_neighbour_grid_shows_samples_and_their_neighbours(
   indices = rng.integers(0, 20, (6, k))
   distances = np.sort(rng.uniform(0, 10, (6, k)), axis=1)
   path = str(tmp_path / 'grid.png')
-  layout = memorization.neighbour_grid(
+  layout = figures.neighbour_grid(
     samples, train, indices, distances, path=path, rows=rows, title='pixel space'
   )
   tile = size * scale
@@ -198,8 +199,8 @@ def test_neighbour_grid_shows_samples_and_their_neighbours(
     assert image.size == (layout.width, layout.height)
     picture = np.asarray(image.convert('RGB'))
   # Rows x columns of tiles plus a separator column and captions.
-  assert (k + 1) * tile + memorization.GRID_SEPARATOR <= layout.width
-  assert layout.width <= (k + 1) * tile + memorization.GRID_SEPARATOR + 60
+  assert (k + 1) * tile + figures.GRID_SEPARATOR <= layout.width
+  assert layout.width <= (k + 1) * tile + figures.GRID_SEPARATOR + 60
   assert len(rows) * tile < layout.height < len(rows) * (tile + 60) + 100
   for r, sample in enumerate(rows):
     expected = [samples[sample]] + [train[j] for j in indices[sample]]
@@ -211,8 +212,8 @@ def test_neighbour_grid_shows_samples_and_their_neighbours(
     # The separator: red pixels strictly between the sample and its neighbours.
     (_, top, sample_right, bottom), (neighbour_left, *_) = layout.boxes[r][:2]
     gap = picture[top:bottom, sample_right:neighbour_left].reshape(-1, 3)
-    assert ((gap == memorization._SEPARATOR_COLOUR).all(axis=1)).sum() >= 2 * tile
-  untitled = memorization.neighbour_grid(
+    assert ((gap == figures._SEPARATOR_COLOUR).all(axis=1)).sum() >= 2 * tile
+  untitled = figures.neighbour_grid(
     samples, train, indices, distances, path=str(tmp_path / 'plain.png'), num_rows=2
   )
   assert untitled.width == layout.width and len(untitled.boxes) == 2
@@ -221,7 +222,7 @@ def test_neighbour_grid_shows_samples_and_their_neighbours(
 
 def test_distance_histogram_draws_both_distributions(tmp_path):
   rng = np.random.default_rng(5)
-  path = memorization.distance_histogram(
+  path = figures.distance_histogram(
     rng.normal(5, 1, 400).clip(0),
     rng.normal(8, 1, 90),
     path=str(tmp_path / 'h' / 'd.png'),
@@ -229,7 +230,7 @@ def test_distance_histogram_draws_both_distributions(tmp_path):
   with Image.open(path) as image:
     assert image.size == (760, 440)
     pixels = np.asarray(image.convert('RGB')).reshape(-1, 3)
-  for colour in (memorization._SAMPLE_COLOUR, memorization._TRAIN_COLOUR):
+  for colour in (figures._SAMPLE_COLOUR, figures._TRAIN_COLOUR):
     assert (pixels == colour).all(axis=1).sum() > 100
   assert not [f for f in os.listdir(tmp_path / 'h') if '.tmp-' in f]
 

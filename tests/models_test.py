@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from dcgan_jax import models
+from dcgan_jax.networks import models
 
 Z_DIM = 100
 

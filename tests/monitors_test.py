@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from dcgan_jax import monitors
+from dcgan_jax.core import monitors
 
 
 def real_like(n=64, seed=0):

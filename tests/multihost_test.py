@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcgan_jax import manifest, train
+from dcgan_jax.core import manifest, rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +93,7 @@ def run_one_process(workdir, data_dir, num_steps, *extra):
 
 
 def restored(workdir):
-  return train.restore_latest(str(workdir), train.load_config(str(workdir)))
+  return rundir.restore_latest(str(workdir), rundir.load_config(str(workdir)))
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from dcgan_jax import train
+from dcgan_jax.core import rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 300
@@ -55,7 +55,7 @@ def run(workdir, data_dir, *extra, timeout=300, compilation_cache=True):
 
 
 def final_leaves(workdir):
-  state = train.restore_latest(str(workdir), train.load_config(str(workdir)))
+  state = rundir.restore_latest(str(workdir), rundir.load_config(str(workdir)))
   assert int(state.step) == NUM_STEPS
   return jax.tree.leaves(state)
 
@@ -137,7 +137,7 @@ def test_sigterm_saves_at_the_step_reached_and_resumes_exactly(
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-3000:]
   assert 'Preempted: saved a checkpoint at step' in err
-  saved = train.restore_latest(str(workdir), train.load_config(str(workdir)))
+  saved = rundir.restore_latest(str(workdir), rundir.load_config(str(workdir)))
   step = int(saved.step)
   assert 0 < step < NUM_STEPS
   assert f'at step {step} of {NUM_STEPS}' in err

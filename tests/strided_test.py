@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from dcgan_jax import flops, models, strided, train
+from dcgan_jax.core import state as gan_state
+from dcgan_jax.networks import flops, models, strided
 
 TOLERANCE = 1e-5  # Relative to the largest magnitude of each compared array.
 
@@ -218,7 +219,7 @@ def test_bfloat16_compute_keeps_float32_state(conv_impl):
   outputs = {}
   for dtype in ('float32', 'bfloat16'):
     config.model.compute_dtype = dtype
-    state = train.initial_state(config)
+    state = gan_state.initial_state(config)
     for leaf in jax.tree.leaves(state):
       assert leaf.dtype in (jnp.float32, jnp.int32), dtype
     g, d = models.create_models(config.model, image_size=16, num_channels=3)

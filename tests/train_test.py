@@ -12,7 +12,13 @@ import pytest
 from flax import jax_utils
 
 from configs import digits as digits_config
-from dcgan_jax import input_pipeline, manifest, models, train
+from dcgan_jax import train
+from dcgan_jax.core import manifest, rundir
+from dcgan_jax.core import state as gan_state
+from dcgan_jax.core import step as step_lib
+from dcgan_jax.data import input_pipeline
+from dcgan_jax.networks import models
+from dcgan_jax.util import errors
 
 NUM_DEVICES = 4
 
@@ -46,7 +52,7 @@ def data_dir(tmp_path_factory):
 
 def p_step(hyper):
   return jax.pmap(
-    functools.partial(train.train_step, hyper=hyper),
+    functools.partial(step_lib.train_step, hyper=hyper),
     axis_name='batch',
     in_axes=(0, 0, None),
   )
@@ -66,12 +72,12 @@ def real_batches(config, num_steps):
 
 
 def run_steps(config, batches, num_devices=NUM_DEVICES):
-  hyper = train.make_step_config(config)
+  hyper = step_lib.make_step_config(config)
   step_fn = p_step(hyper)
   state = jax_utils.replicate(
-    train.initial_state(config), devices=jax.local_devices()[:num_devices]
+    gan_state.initial_state(config), devices=jax.local_devices()[:num_devices]
   )
-  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  train_key = gan_state.split_root_key(jax.random.key(config.seed))[1]
   for batch in batches:
     state, step_metrics = step_fn(
       state, batch.reshape(num_devices, -1, *batch.shape[1:]), train_key
@@ -125,14 +131,14 @@ def test_replicas_never_diverge(data_dir, sync_batchnorm):
 
 def test_d_update_leaves_g_unchanged(data_dir):
   config = small_config(data_dir)
-  hyper = train.make_step_config(config)
-  state = jax_utils.replicate(train.initial_state(config))
+  hyper = step_lib.make_step_config(config)
+  state = jax_utils.replicate(gan_state.initial_state(config))
   batch = real_batches(config, 1)[0].reshape(NUM_DEVICES, -1, 16, 16, 1)
 
   def d_only(state, images):
     fake = jnp.tanh(images * 0.5)  # Any fake batch will do.
     keys = jax.random.split(jax.random.key(1), 3)
-    return train.d_update(state, images, fake, keys, hyper=hyper)[0]
+    return step_lib.d_update(state, images, fake, keys, hyper=hyper)[0]
 
   new = jax.pmap(d_only, axis_name='batch')(state, batch)
   for name in ('g_params', 'g_batch_stats', 'g_opt_state', 'step'):
@@ -145,10 +151,10 @@ def test_a_non_finite_d_update_is_skipped_or_reported(data_dir, nonfinite):
   config = small_config(data_dir, nonfinite=nonfinite)
   batches = [input_pipeline.scale_images(b) for b in real_batches(config, 3)]
   batches[1][0, 0, 0, 0] = np.nan  # Step 2: one pixel, on device 0 only.
-  hyper = train.make_step_config(config)
+  hyper = step_lib.make_step_config(config)
   step_fn = p_step(hyper)
-  train_key = train.split_root_key(jax.random.key(config.seed))[1]
-  state = jax_utils.replicate(train.initial_state(config))
+  train_key = gan_state.split_root_key(jax.random.key(config.seed))[1]
+  state = jax_utils.replicate(gan_state.initial_state(config))
   states, step_metrics = [state], []
   for batch in batches:
     state, m = step_fn(
@@ -240,26 +246,26 @@ def test_step_matches_textbook_reference(data_dir, num_devices):
   """
   config = small_config(data_dir)
   sgd = optax.sgd(0.1)
-  hyper = dataclasses.replace(train.make_step_config(config), g_tx=sgd, d_tx=sgd)
+  hyper = dataclasses.replace(step_lib.make_step_config(config), g_tx=sgd, d_tx=sgd)
   generator, discriminator = hyper.generator, hyper.discriminator
-  state = train.create_state(
+  state = gan_state.create_state(
     generator,
     discriminator,
     sgd,
     sgd,
-    train.split_root_key(jax.random.key(config.seed))[0],
+    gan_state.split_root_key(jax.random.key(config.seed))[0],
     z_dim=config.model.z_dim,
     image_shape=(16, 16, 1),
   )
   images = real_batches(config, 1)[0]
-  train_key = train.split_root_key(jax.random.key(config.seed))[1]
+  train_key = gan_state.split_root_key(jax.random.key(config.seed))[1]
   devices = jax.local_devices()[:num_devices]
   new, _ = p_step(hyper)(
     jax_utils.replicate(state, devices=devices),
     images.reshape(num_devices, -1, 16, 16, 1),
     train_key,
   )
-  new = jax.device_get(train.unreplicate(new))
+  new = jax.device_get(gan_state.unreplicate(new))
   want = reference_step(config, state, images, train_key, sgd)
   got = (new.g_params, new.g_batch_stats, new.d_params, new.d_batch_stats)
   got_leaves = jax.tree_util.tree_leaves_with_path(got)
@@ -274,7 +280,7 @@ def logged_metrics(workdir) -> dict[tuple[int, str], bytes]:
   """The training scalars in a workdir's TensorBoard events, as raw bytes."""
   import tensorflow as tf
 
-  names = set(train.TrainMetrics.__annotations__)
+  names = set(step_lib.TrainMetrics.__annotations__)
   found = {}
   for name in os.listdir(workdir):
     if name.startswith('events.out'):
@@ -286,8 +292,8 @@ def logged_metrics(workdir) -> dict[tuple[int, str], bytes]:
 
 
 def checkpoint_leaves(workdir):
-  config = train.load_config(workdir)
-  return jax.tree.leaves(train.restore_latest(workdir, config))
+  config = rundir.load_config(workdir)
+  return jax.tree.leaves(rundir.restore_latest(workdir, config))
 
 
 def test_same_seed_same_state_and_resume_matches(data_dir, tmp_path):
@@ -327,7 +333,7 @@ def test_loop_writes_checkpoints_events_and_samples(data_dir, tmp_path):
     'step_0000006.png',
   ]
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir))
-  assert train.load_config(workdir).to_dict() == config.to_dict()
+  assert rundir.load_config(workdir).to_dict() == config.to_dict()
   record = manifest.load(str(workdir))
   assert record['seed'] == config.seed
   assert record['data']['num_examples'] == 1797
@@ -348,7 +354,7 @@ def test_resume_refuses_other_data(data_dir, tmp_path):
   record['data']['fingerprint'] = '0' * 64  # As if the data set had changed.
   manifest.write(str(tmp_path), record)
   longer = small_config(data_dir, num_train_steps=6)
-  with pytest.raises(train.ConfigChangeError, match='data set differs'):
+  with pytest.raises(errors.ConfigChangeError, match='data set differs'):
     train.train_and_evaluate(longer, str(tmp_path))
   state = train.train_and_evaluate(longer, str(tmp_path), allow_config_change=True)
   assert int(state.step) == 6
@@ -372,7 +378,7 @@ def test_resume_refuses_other_data(data_dir, tmp_path):
 )
 def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, message):
   config = small_config(data_dir, **overrides)
-  with pytest.raises(train.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
@@ -380,7 +386,7 @@ def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, message):
 def test_unwritable_workdir_is_a_clear_error(data_dir, tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
-  with pytest.raises(train.ConfigError, match='Cannot write to --workdir'):
+  with pytest.raises(errors.ConfigError, match='Cannot write to --workdir'):
     train.train_and_evaluate(small_config(data_dir), str(blocker / 'run'))
 
 
@@ -406,7 +412,7 @@ def test_divergence_stops_before_saving_a_non_finite_state(
   with pytest.raises(FloatingPointError, match=message) as error:
     train.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
   assert 'the last good checkpoint is step 3' in str(error.value)
-  saved = train.restore_latest(str(tmp_path), config)
+  saved = rundir.restore_latest(str(tmp_path), config)
   assert int(saved.step) == 3
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
 
@@ -422,7 +428,7 @@ def test_corrupt_latest_checkpoint_names_it_and_the_way_back(data_dir, tmp_path)
       if name not in ('_METADATA', 'commit_success.txt'):
         with open(os.path.join(root, name), 'wb') as f:
           f.write(b'\x00garbage')
-  with pytest.raises(train.CheckpointError) as error:
+  with pytest.raises(errors.CheckpointError) as error:
     train.train_and_evaluate(config, str(workdir))
   message = str(error.value)
   print(message)

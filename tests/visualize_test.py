@@ -10,7 +10,11 @@ import pytest
 from digits_run import NUM_STEPS, SAMPLE_EVERY_STEPS
 from PIL import Image
 
-from dcgan_jax import models, sample, train, visualize
+from dcgan_jax import visualize
+from dcgan_jax.core import generate
+from dcgan_jax.data import loader
+from dcgan_jax.evaluation import d_features
+from dcgan_jax.networks import models
 
 
 @pytest.fixture(scope='module')
@@ -34,10 +38,10 @@ def frames_of(path):
 
 def test_reference_batchnorm_renders_each_z_on_its_own(run):
   config, variables = run.config, run.g_variables
-  z_ref = sample.reference_z(config.seed, config.model.z_dim, config.model.z_dist)
-  reference = sample.generator_fn(config, variables, batchnorm='reference')
-  batch = sample.generator_fn(config, variables, batchnorm='batch')
-  running = sample.generator_fn(config, variables, batchnorm='running')
+  z_ref = generate.reference_z(config.seed, config.model.z_dim, config.model.z_dist)
+  reference = generate.generator_fn(config, variables, batchnorm='reference')
+  batch = generate.generator_fn(config, variables, batchnorm='batch')
+  running = generate.generator_fn(config, variables, batchnorm='running')
   # On the reference batch itself it is batch-statistics mode ...
   np.testing.assert_allclose(reference(z_ref), batch(z_ref), atol=1e-5)
   # ... and any z is drawn independently of the rest of its batch.
@@ -162,9 +166,9 @@ def test_map_statistics():
 
 
 def test_guided_backprop_trained_against_random(run, tmp_path):
-  from dcgan_jax import input_pipeline, linear_probe
+  from dcgan_jax.data import input_pipeline
 
-  images = train.load_data(run.config, run.workdir)[:64]
+  images = loader.load_data(run.config, run.workdir)[:64]
   units, image_idx, maps = visualize.guided_backprop_maps(
     run.config, run.d_variables, images, layer=-1, units=4, images_per_unit=2
   )
@@ -172,9 +176,9 @@ def test_guided_backprop_trained_against_random(run, tmp_path):
   assert len(set(units.tolist())) == 4
   assert (np.abs(maps).reshape(8, -1).max(axis=1) > 0).all()
   # The layer's strongest units, each with its strongest images first.
-  d = linear_probe.discriminator_for(run.config)
+  d = d_features.discriminator_for(run.config)
   x = jnp.asarray(input_pipeline.scale_images(images))
-  acts = linear_probe.layer_activations(d, run.d_variables, x)[-1]
+  acts = d_features.layer_activations(d, run.d_variables, x)[-1]
   strongest = np.asarray(acts.max(axis=(1, 2)))  # [N, C]
   per_unit = strongest.max(axis=0)
   assert per_unit[units].min() >= np.delete(per_unit, units).max() - 1e-5
@@ -203,8 +207,10 @@ def test_batchnorm_modes(run, tmp_path):
     report = json.load(f)
   assert report['running'] == {'mean_abs_diff': 0.0, 'max_abs_diff': 0}
   z = jnp.asarray(run.z(0, visualize._SHEET_KEY_TAG, 8))
-  batch = sample.generator_fn(run.config, run.g_variables, batchnorm='batch')
-  pairs = np.concatenate([sample.to_uint8(batch(z[i : i + 2])) for i in range(0, 8, 2)])
+  batch = generate.generator_fn(run.config, run.g_variables, batchnorm='batch')
+  pairs = np.concatenate(
+    [generate.to_uint8(batch(z[i : i + 2])) for i in range(0, 8, 2)]
+  )
   diff = np.abs(pairs.astype(np.int16) - run.generate(z))
   assert report['batch of 2']['mean_abs_diff'] == pytest.approx(diff.mean())
   assert report['batch of 2']['max_abs_diff'] == diff.max() > 0

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dcgan_jax import xla_cpu
+from dcgan_jax.util import xla_cpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

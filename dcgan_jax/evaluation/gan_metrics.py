@@ -21,13 +21,14 @@ float64.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
+
+from dcgan_jax.util import files
 
 
 def _as_features(name: str, features, *, min_count: int = 1) -> np.ndarray:
@@ -105,8 +106,7 @@ class FeatureStats:
     'cifar10 train 32x32 inception-v3-tf pool3'; `load` checks it.
     """
     _check_fingerprint_arg(fingerprint)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'wb') as f:
+    with files.atomic_write(path) as f:
       np.savez(
         f,
         count=np.int64(self.count),
@@ -114,7 +114,6 @@ class FeatureStats:
         cov=self.cov,
         fingerprint=np.str_(fingerprint),
       )
-    os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: str, *, fingerprint: str) -> FeatureStats:

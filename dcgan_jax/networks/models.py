@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dcgan_jax import strided
+from dcgan_jax.networks import strided
 
 ARCHS = ('dcgan', 'tf_tutorial', 'conv28', 'mlp')
 Z_DISTS = ('uniform', 'normal')

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import os
 import re
-import tempfile
 import urllib.request
 
 import flax.linen as nn
@@ -30,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import pth_reader
+from dcgan_jax.evaluation import pth_reader
+from dcgan_jax.util import files
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
@@ -436,24 +436,16 @@ def default_weights_path() -> str:
 def download_weights(path: str, url: str = FID_WEIGHTS_URL, timeout: float = 60.0):
   """Downloads `url` to `path` (temp file + atomic rename) if its SHA-256 starts
   with FID_WEIGHTS_SHA256_PREFIX; raises otherwise, leaving nothing behind."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.download-', suffix='.pth')
-  try:
-    sha = hashlib.sha256()
-    with os.fdopen(fd, 'wb') as f, urllib.request.urlopen(url, timeout=timeout) as r:
-      while chunk := r.read(1 << 20):
-        sha.update(chunk)
-        f.write(chunk)
+  sha = hashlib.sha256()
+  with files.atomic_write(path) as f, urllib.request.urlopen(url, timeout=timeout) as r:
+    while chunk := r.read(1 << 20):
+      sha.update(chunk)
+      f.write(chunk)
     if not sha.hexdigest().startswith(FID_WEIGHTS_SHA256_PREFIX):
       raise OSError(
         f'downloaded {url} has SHA-256 {sha.hexdigest()}, which does not start '
         f'with {FID_WEIGHTS_SHA256_PREFIX}'
       )
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def resolve_weights(path: str | None, download: bool = True) -> str:

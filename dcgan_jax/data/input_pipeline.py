@@ -425,7 +425,7 @@ def _tfds():
   _tf()
   import tensorflow_datasets as tfds
 
-  from dcgan_jax import digits_dataset  # noqa: F401  Registers sklearn_digits.
+  from dcgan_jax.data import digits_dataset  # noqa: F401  Registers sklearn_digits.
 
   return tfds
 

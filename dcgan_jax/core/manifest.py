@@ -19,6 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from dcgan_jax.util import files
+
 MANIFEST_FILE = 'manifest.json'
 # Keys that may change between launches of one run: they change how long it
 # runs, what it logs and where data lives, not the numbers it computes.
@@ -159,8 +161,4 @@ def load(workdir: str) -> dict | None:
 
 def write(workdir: str, manifest: dict) -> None:
   """Writes WORKDIR/manifest.json atomically."""
-  path = os.path.join(workdir, MANIFEST_FILE)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_json(os.path.join(workdir, MANIFEST_FILE), manifest, sort_keys=True)

@@ -1,0 +1,243 @@
+"""The run directory: what a run leaves in its workdir and how it is read.
+
+  WORKDIR/config.json         the config of the latest launch
+  WORKDIR/manifest.json       seed, data fingerprint, every launch (manifest)
+  WORKDIR/checkpoints/<step>  Orbax checkpoints of the GAN state
+  WORKDIR/samples/            fixed-z sample grids
+  WORKDIR/eval/               evaluation reports, caches and figures
+  WORKDIR/seed_<s>/           with num_seeds = K > 1: one such run per GAN
+
+Every tool reads a workdir through `load_run`; the trainer writes it
+through `prepare`, `record_launch` and `checkpoint_manager`.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from dcgan_jax.core import manifest
+from dcgan_jax.core.state import GANState, PyTree, initial_state
+from dcgan_jax.util import files
+from dcgan_jax.util.errors import CheckpointError, ConfigChangeError, ConfigError
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+SAMPLES_DIR = 'samples'
+EVAL_DIR = 'eval'
+
+
+def seed_members(
+  config: ml_collections.ConfigDict, workdir: str
+) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, workdir) of every GAN a launch trains.
+
+  One seed: the run itself. `num_seeds=K > 1`: seeds seed, ..., seed + K - 1,
+  each in WORKDIR/seed_<s> with its own config (`seed=s`, `num_seeds=1`), so
+  each member directory is exactly the workdir of a single-seed run.
+  """
+  if config.get('num_seeds', 1) == 1:
+    return [(config, workdir)]
+  members = []
+  for k in range(config.num_seeds):
+    member = config.copy_and_resolve_references()
+    member.seed, member.num_seeds = config.seed + k, 1
+    members.append((member, os.path.join(workdir, f'seed_{member.seed}')))
+  return members
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/config.json atomically (what `sample` and resumes read)."""
+  files.write_atomic(
+    os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2, sort_keys=True)
+  )
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f'{path} not found: {workdir!r} is not a dcgan_jax workdir (train with '
+      f'`python launch.py --config=... --workdir={workdir}`).'
+    )
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_manager(
+  workdir: str, *, keep: int = 3, read_only: bool = False
+) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=not read_only, read_only=read_only
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options
+  )
+
+
+def restore_latest(
+  workdir: str, config: ml_collections.ConfigDict, *, step: int | None = None
+) -> GANState | None:
+  """The latest (or `step`'s) checkpointed state in `workdir` as host arrays;
+  None if there is no checkpoint."""
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  with checkpoint_manager(workdir, read_only=True) as mngr:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      return None
+    # Host (numpy) arrays: every process reads the whole, replicated state.
+    target = jax.tree.map(
+      lambda x: np.zeros(x.shape, x.dtype),
+      jax.eval_shape(lambda: initial_state(config)),
+    )
+    try:
+      return mngr.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # Orbax raises many types; all mean "unreadable".
+      raise CheckpointError(_unreadable_message(mngr, step, e)) from e
+
+
+def _unreadable_message(mngr: ocp.CheckpointManager, step: int, error) -> str:
+  path = os.path.join(str(mngr.directory), str(step))
+  earlier = [s for s in mngr.all_steps() if s < step]
+  reason = str(error).strip().splitlines()[0][:300] if str(error) else repr(error)
+  if earlier:
+    advice = (
+      f'To resume from step {max(earlier)} (kept: {sorted(earlier)}), move the '
+      f'unreadable checkpoint aside (mv {path} {path}.unreadable) and relaunch.'
+    )
+  else:
+    advice = f'No earlier checkpoint is kept; move {path} aside to start over.'
+  return (
+    f'The latest checkpoint, {path}, cannot be restored ({type(error).__name__}: '
+    f'{reason}). If the config changed since it was written, relaunch with the '
+    f'original one. {advice}'
+  )
+
+
+def check_resume(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool
+) -> None:
+  """Refuses to resume a run whose trajectory-shaping config changed."""
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  old = load_config(workdir)
+  trained = [os.path.join(wd, CHECKPOINT_DIR) for _, wd in seed_members(old, workdir)]
+  if not any(os.path.isdir(path) for path in trained):
+    return  # Nothing trained yet: the new config simply starts over.
+  changes = manifest.trajectory_changes(old, config)
+  if changes and not allow_config_change:
+    raise ConfigChangeError(
+      f'{workdir} holds a run with another config; resuming it with this one '
+      'would not continue its trajectory:\n  ' + '\n  '.join(changes) + '\n'
+      'Use a new --workdir, revert those keys, or pass --allow_config_change '
+      'to resume anyway (recorded in manifest.json).'
+    )
+  if changes:
+    logging.warning('Resuming with changed config: %s', '; '.join(changes))
+
+
+def record_launch(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  images: np.ndarray,
+  start_step: int,
+  *,
+  allow_config_change: bool,
+) -> None:
+  """Writes config.json and manifest.json; refuses a changed data set."""
+  data = manifest.describe_data(config, images)
+  record = manifest.load(workdir) if start_step else None
+  if record is not None and record['data']['fingerprint'] != data['fingerprint']:
+    if not allow_config_change:
+      raise ConfigChangeError(
+        f'The data set differs from the one this run was trained on '
+        f'(fingerprint {data["fingerprint"][:12]}, {data["num_examples"]} '
+        f'examples; the run had {record["data"]["fingerprint"][:12]}, '
+        f'{record["data"]["num_examples"]}). Use a new --workdir or pass '
+        '--allow_config_change.'
+      )
+  launch = manifest.describe_launch(config, start_step)
+  launch['config_changed'] = bool(allow_config_change)
+  if record is None:
+    record = {'seed': config.seed, 'data': data, 'launches': []}
+  record['config'] = config.to_dict()
+  record['launches'].append(launch)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
+    manifest.write(workdir, record)
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates WORKDIR/samples; a workdir that cannot be written is a ConfigError."""
+  try:
+    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(
+      f'Cannot write to --workdir={workdir} ({e.strerror}); choose a writable '
+      'directory.'
+    ) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained single-GAN run as the tools see it: config and latest state."""
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  state: GANState
+
+  @property
+  def step(self) -> int:
+    return int(self.state.step)
+
+  @property
+  def g_variables(self) -> dict[str, PyTree]:
+    return {'params': self.state.g_params, 'batch_stats': self.state.g_batch_stats}
+
+  @property
+  def d_variables(self) -> dict[str, PyTree]:
+    return {'params': self.state.d_params, 'batch_stats': self.state.d_batch_stats}
+
+
+def load_runs(workdir: str) -> list[Run]:
+  """Every GAN of `workdir` (one, or K for num_seeds = K) at its latest
+  checkpoint. FileNotFoundError (saying what to do) for a directory that is
+  not a workdir or a GAN without checkpoints; CheckpointError for one that
+  cannot be read."""
+  config = load_config(workdir)
+  runs = []
+  for member_config, member_dir in seed_members(config, workdir):
+    state = restore_latest(member_dir, member_config)
+    if state is None:
+      raise FileNotFoundError(
+        f'No checkpoint under {os.path.join(member_dir, CHECKPOINT_DIR)}: train '
+        f'first with `python launch.py --config=... --workdir={workdir}`.'
+      )
+    runs.append(Run(member_dir, member_config, state))
+  return runs
+
+
+def load_run(workdir: str) -> Run:
+  """The single GAN of `workdir` at its latest checkpoint, with errors that
+  say what to pass instead (see `load_runs`; a workdir of several GANs
+  names its members)."""
+  config = load_config(workdir)
+  if config.get('num_seeds', 1) > 1:
+    members = ', '.join(wd for _, wd in seed_members(config, workdir))
+    raise FileNotFoundError(
+      f'{workdir} holds {config.num_seeds} GANs (num_seeds); use --workdir '
+      f'set to one of: {members}.'
+    )
+  (run,) = load_runs(workdir)
+  return run

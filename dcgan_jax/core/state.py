@@ -1,0 +1,137 @@
+"""The GAN state: what changes during training, how it starts, its keys.
+
+Keys are pure functions of the seed: the root key `key(config.seed)` is
+split once into (init, train, sample) keys (`split_root_key`); everything
+random in a run derives from one of them.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import linen as nn
+from flax import struct
+
+from dcgan_jax.networks import models
+
+PyTree = Any
+
+
+class GANState(struct.PyTreeNode):
+  """Everything that changes during training, explicitly."""
+
+  step: jax.Array
+  g_params: PyTree
+  g_batch_stats: PyTree
+  g_opt_state: optax.OptState
+  d_params: PyTree
+  d_batch_stats: PyTree
+  d_opt_state: optax.OptState
+
+
+def split_root_key(root_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init_key, train_key, sample_key): the only split of the root key."""
+  init_key, train_key, sample_key = jax.random.split(root_key, 3)
+  return init_key, train_key, sample_key
+
+
+def create_optimizers(config: ml_collections.ConfigDict):
+  """(g_tx, d_tx): Adam (paper: lr 2e-4, beta1 0.5) or SGD with momentum."""
+
+  def make(learning_rate):
+    if config.optimizer == 'sgd':
+      return optax.sgd(learning_rate, momentum=config.sgd_momentum or None)
+    return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
+
+  return make(config.g_learning_rate), make(config.d_learning_rate)
+
+
+def build(config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None):
+  """(generator, discriminator, g_tx, d_tx) for a config."""
+  generator, discriminator = models.create_models(
+    config.model,
+    image_size=config.image_size,
+    num_channels=config.num_channels,
+    bn_axis_name=bn_axis_name,
+  )
+  return generator, discriminator, *create_optimizers(config)
+
+
+def create_state(
+  generator: nn.Module,
+  discriminator: nn.Module,
+  g_tx: optax.GradientTransformation,
+  d_tx: optax.GradientTransformation,
+  init_key: jax.Array,
+  *,
+  z_dim: int,
+  image_shape: tuple[int, int, int],
+) -> GANState:
+  """Fresh parameters, BatchNorm statistics and optimizer states at step 0."""
+  g_key, d_key, dropout_key = jax.random.split(init_key, 3)
+  g_vars = generator.init(g_key, jnp.zeros((1, z_dim)), train=False)
+  d_vars = discriminator.init(
+    {'params': d_key, 'dropout': dropout_key},
+    jnp.zeros((1, *image_shape)),
+    train=False,
+  )
+  return GANState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_vars['params'],
+    g_batch_stats=g_vars.get('batch_stats', {}),
+    g_opt_state=g_tx.init(g_vars['params']),
+    d_params=d_vars['params'],
+    d_batch_stats=d_vars.get('batch_stats', {}),
+    d_opt_state=d_tx.init(d_vars['params']),
+  )
+
+
+def initial_state(config: ml_collections.ConfigDict) -> GANState:
+  generator, discriminator, g_tx, d_tx = build(config)
+  init_key = split_root_key(jax.random.key(config.seed))[0]
+  return create_state(
+    generator,
+    discriminator,
+    g_tx,
+    d_tx,
+    init_key,
+    z_dim=config.model.z_dim,
+    image_shape=(config.image_size, config.image_size, config.num_channels),
+  )
+
+
+def initial_d_variables(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
+  """D's variables at step 0 of a run with this config (and its seed): those
+  of `initial_state` (the same split of the init key), without initialising
+  G and the optimizers."""
+  _, discriminator = models.create_models(
+    config.model, image_size=config.image_size, num_channels=config.num_channels
+  )
+  init_key = split_root_key(jax.random.key(config.seed))[0]
+  _, d_key, dropout_key = jax.random.split(init_key, 3)
+  shape = (1, config.image_size, config.image_size, config.num_channels)
+  variables = discriminator.init(
+    {'params': d_key, 'dropout': dropout_key}, jnp.zeros(shape), train=False
+  )
+  return {
+    'params': variables['params'],
+    'batch_stats': variables.get('batch_stats', {}),
+  }
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+  """This host's first replica of a pmap-ed pytree, as single-device arrays.
+
+  Reads only addressable data, so it also works on several hosts (where
+  `x[0]` of a global array would not); flax's version mishandles pmaps over
+  a subset of the devices.
+  """
+
+  def first(x):
+    if isinstance(x, jax.Array):
+      return x.addressable_data(0).reshape(x.shape[1:])
+    return x[0]
+
+  return jax.tree.map(first, tree)

@@ -1,0 +1,308 @@
+"""The pure train step: one D update, then one G update, inside `pmap`.
+
+`train_step(state, images, train_key, *, hyper)` has no side effects; the
+noise of step s is drawn from `fold_in(train_key, s)` for the global batch
+and each device takes its slice, so the result does not depend on how many
+devices share the batch. `make_ensemble_step` runs K GANs in one program.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from clu import metrics
+from flax import linen as nn
+from flax import struct
+
+from dcgan_jax.core.state import GANState, PyTree, build
+from dcgan_jax.networks import models
+
+
+def _mean_of(name: str, mask: str):
+  """An Average of model output `name` over the steps where `mask` is true.
+
+  Without a `mask` output, every step counts.
+  """
+
+  @struct.dataclass
+  class MaskedAverage(metrics.Average):
+    @classmethod
+    def from_model_output(cls, **outputs) -> metrics.Average:
+      ok = outputs.get(mask)
+      return super().from_model_output(
+        jnp.asarray(outputs[name])[None], mask=None if ok is None else ok[None]
+      )
+
+  return MaskedAverage
+
+
+@struct.dataclass
+class TrainMetrics(metrics.Collection):
+  """Means over the steps since the last log.
+
+  `d_nonfinite` / `g_nonfinite` are the fraction of steps whose D / G update
+  had a non-finite loss, gradient or result. With `nonfinite='skip'` those
+  updates were not applied, and the other metrics average the applied ones.
+  """
+
+  d_loss: _mean_of('d_loss', 'd_applied')
+  g_loss: _mean_of('g_loss', 'g_applied')
+  d_real: _mean_of('d_real', 'd_applied')
+  d_fake: _mean_of('d_fake', 'd_applied')
+  d_fake_after: _mean_of('d_fake_after', 'g_applied')
+  d_grad_norm: _mean_of('d_grad_norm', 'd_applied')
+  g_grad_norm: _mean_of('g_grad_norm', 'g_applied')
+  d_nonfinite: metrics.Average.from_output('d_nonfinite')
+  g_nonfinite: metrics.Average.from_output('g_nonfinite')
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What `train_step` needs besides state and data (hashable: static)."""
+
+  generator: nn.Module
+  discriminator: nn.Module
+  g_tx: optax.GradientTransformation
+  d_tx: optax.GradientTransformation
+  z_dim: int
+  z_dist: str
+  real_label: float
+  sync_batchnorm: bool
+  # Leave out (rather than apply) an update whose loss, gradients or result
+  # are not finite on some device.
+  skip_nonfinite: bool = False
+
+
+def make_step_config(
+  config: ml_collections.ConfigDict, *, bn_axis_name: str | None = 'batch'
+) -> StepConfig:
+  """The static half of `train_step` for a config (models, optimizers, ...)."""
+  generator, discriminator, g_tx, d_tx = build(config, bn_axis_name=bn_axis_name)
+  return StepConfig(
+    generator=generator,
+    discriminator=discriminator,
+    g_tx=g_tx,
+    d_tx=d_tx,
+    z_dim=config.model.z_dim,
+    z_dist=config.model.z_dist,
+    real_label=config.real_label,
+    sync_batchnorm=config.sync_batchnorm,
+    skip_nonfinite=config.nonfinite == 'skip',
+  )
+
+
+def _bce(logits: jax.Array, target: float) -> jax.Array:
+  return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target))
+
+
+def _noise(
+  state: GANState, local_batch: int, train_key: jax.Array, hyper, axis_name: str
+):
+  """This device's slice of the global batch's z, and its dropout keys."""
+  num_devices = jax.lax.psum(1, axis_name)
+  device_index = jax.lax.axis_index(axis_name)
+  step_key = jax.random.fold_in(train_key, state.step)
+  z_key, dropout_key = jax.random.split(step_key)
+  z = models.sample_z(z_key, local_batch * num_devices, hyper.z_dim, hyper.z_dist)
+  z = jax.lax.dynamic_slice_in_dim(z, device_index * local_batch, local_batch)
+  # Dropout (only in 'tf_tutorial' D) is drawn per device.
+  dropout_keys = jax.random.split(jax.random.fold_in(dropout_key, device_index), 3)
+  return z, dropout_keys
+
+
+def _apply_d(hyper, d_params, batch_stats, x, dropout_key):
+  logits, new_vars = hyper.discriminator.apply(
+    {'params': d_params, 'batch_stats': batch_stats},
+    x,
+    train=True,
+    rngs={'dropout': dropout_key},
+    mutable=['batch_stats'],
+  )
+  return logits, new_vars.get('batch_stats', {})
+
+
+def _all_finite(axis_name: str, *trees: PyTree) -> jax.Array:
+  """True iff every leaf of `trees` is finite on every device."""
+  # 0 * x is NaN exactly where x is inf or NaN: one fused reduction a leaf.
+  total = sum(jnp.sum(0 * leaf, dtype=jnp.float32) for leaf in jax.tree.leaves(trees))
+  ok = jnp.isfinite(total)
+  return jax.lax.pmin(ok.astype(jnp.int32), axis_name).astype(bool)
+
+
+def _apply_if(ok: jax.Array, new: GANState, old: GANState) -> GANState:
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def d_update(
+  state: GANState,
+  images: jax.Array,
+  fake: jax.Array,
+  dropout_keys: jax.Array,
+  *,
+  hyper: StepConfig,
+  axis_name: str = 'batch',
+) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
+  """One Adam step of D on BCE(D(x), real_label) + BCE(D(fake), 0).
+
+  Real and fake go through D as separate batches (separate BatchNorm
+  statistics, as the paper's code). Only D's fields of the state change.
+  Also returns whether the update was finite on every device (if not, and
+  `hyper.skip_nonfinite`, D's fields are returned unchanged).
+  """
+
+  def loss_fn(d_params):
+    real_logits, stats = _apply_d(
+      hyper, d_params, state.d_batch_stats, images, dropout_keys[0]
+    )
+    fake_logits, stats = _apply_d(
+      hyper, d_params, stats, jax.lax.stop_gradient(fake), dropout_keys[1]
+    )
+    loss = _bce(real_logits, hyper.real_label).mean() + _bce(fake_logits, 0.0).mean()
+    return loss, (stats, real_logits, fake_logits)
+
+  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
+    loss_fn, has_aux=True
+  )(state.d_params)
+  grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = hyper.d_tx.update(grads, state.d_opt_state, state.d_params)
+  if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
+    stats = jax.lax.pmean(stats, axis_name)
+  new_state = state.replace(
+    d_params=optax.apply_updates(state.d_params, updates),
+    d_batch_stats=stats,
+    d_opt_state=opt_state,
+  )
+  ok = _all_finite(
+    axis_name, loss, grads, new_state.d_params, stats, new_state.d_opt_state
+  )
+  if hyper.skip_nonfinite:
+    new_state = _apply_if(ok, new_state, state)
+  outputs = {
+    'd_loss': loss,
+    'd_real': jax.nn.sigmoid(real_logits).mean(),
+    'd_fake': jax.nn.sigmoid(fake_logits).mean(),
+    'd_grad_norm': optax.global_norm(grads),
+  }
+  return new_state, outputs, ok
+
+
+def g_update(
+  state: GANState,
+  fake: jax.Array,
+  g_vjp,
+  g_batch_stats: PyTree,
+  dropout_key: jax.Array,
+  *,
+  hyper: StepConfig,
+  axis_name: str = 'batch',
+) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
+  """One Adam step of G on the non-saturating loss BCE(D(G(z)), 1).
+
+  D is the one just updated. `fake` and `g_vjp` come from G's forward pass
+  at the current G parameters (`jax.vjp`), which the D update did not touch.
+  Returns the finiteness flag as `d_update` does.
+  """
+
+  def loss_fn(fake):
+    logits, _ = _apply_d(hyper, state.d_params, state.d_batch_stats, fake, dropout_key)
+    return _bce(logits, 1.0).mean(), logits
+
+  (loss, logits), fake_grads = jax.value_and_grad(loss_fn, has_aux=True)(fake)
+  (grads,) = g_vjp(fake_grads)
+  grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = hyper.g_tx.update(grads, state.g_opt_state, state.g_params)
+  if not hyper.sync_batchnorm:
+    g_batch_stats = jax.lax.pmean(g_batch_stats, axis_name)
+  new_state = state.replace(
+    g_params=optax.apply_updates(state.g_params, updates),
+    g_batch_stats=g_batch_stats,
+    g_opt_state=opt_state,
+  )
+  ok = _all_finite(
+    axis_name, loss, grads, new_state.g_params, g_batch_stats, new_state.g_opt_state
+  )
+  if hyper.skip_nonfinite:
+    new_state = _apply_if(ok, new_state, state)
+  outputs = {
+    'g_loss': loss,
+    'd_fake_after': jax.nn.sigmoid(logits).mean(),
+    'g_grad_norm': optax.global_norm(grads),
+  }
+  return new_state, outputs, ok
+
+
+def train_step(
+  state: GANState,
+  images: jax.Array,
+  train_key: jax.Array,
+  *,
+  hyper: StepConfig,
+  axis_name: str = 'batch',
+) -> tuple[GANState, TrainMetrics]:
+  """One D update on a real and a fake batch, then one G update.
+
+  Runs inside `pmap` over `axis_name`. z is drawn for the global batch from
+  `fold_in(train_key, step)` and each device takes its slice, so the result
+  does not depend on how many devices share the batch. G runs forward once:
+  its VJP serves the G update, which equals a second forward pass since G's
+  parameters do not change in between.
+  """
+  z, dropout_keys = _noise(state, images.shape[0], train_key, hyper, axis_name)
+
+  def g_forward(g_params):
+    fake, new_vars = hyper.generator.apply(
+      {'params': g_params, 'batch_stats': state.g_batch_stats},
+      z,
+      train=True,
+      mutable=['batch_stats'],
+    )
+    return fake, new_vars.get('batch_stats', {})
+
+  fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+  state, d_out, d_ok = d_update(
+    state, images, fake, dropout_keys, hyper=hyper, axis_name=axis_name
+  )
+  state, g_out, g_ok = g_update(
+    state,
+    fake,
+    g_vjp,
+    g_batch_stats,
+    dropout_keys[2],
+    hyper=hyper,
+    axis_name=axis_name,
+  )
+  outputs = jax.lax.pmean(d_out | g_out, axis_name)
+  state = state.replace(step=state.step + 1)
+  outputs |= {
+    'd_nonfinite': 1.0 - d_ok.astype(jnp.float32),
+    'g_nonfinite': 1.0 - g_ok.astype(jnp.float32),
+  }
+  if hyper.skip_nonfinite:  # Average the metrics of applied updates only.
+    outputs |= {'d_applied': d_ok, 'g_applied': g_ok}
+  return state, TrainMetrics.single_from_model_output(**outputs)
+
+
+def make_ensemble_step(hyper: StepConfig, num_seeds: int, ensemble: str):
+  """train_step for K stacked GANs: (states, images, train_keys) -> (states, metrics).
+
+  Every leaf has a leading seed axis of size K. 'unroll' traces the step K
+  times into one program: each GAN's arithmetic is exactly its single-seed
+  run's. 'vmap' batches the K GANs through every operation (grouped
+  convolutions): one op per layer for all seeds, results equal to the
+  single-seed runs up to float round-off.
+  """
+  step = functools.partial(train_step, hyper=hyper)
+  if ensemble == 'vmap':
+    return jax.vmap(step)
+
+  def unrolled(states, images, train_keys):
+    outputs = [
+      step(jax.tree.map(lambda x, k=k: x[k], states), images[k], train_keys[k])
+      for k in range(num_seeds)
+    ]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
+  return unrolled

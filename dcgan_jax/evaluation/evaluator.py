@@ -1,0 +1,665 @@
+"""Scores of a trained generator that the literature can compare with.
+
+`evaluate_generator` scores one GAN's state (what the trainer's periodic
+evaluation calls); `evaluate` scores the latest checkpoint of a workdir (the
+`python -m dcgan_jax.evaluate` command). Metric groups:
+
+- 'classifier' (labelled data sets: 'digits', 'mnist', 'idx:DIR', ...): the
+  evaluation classifier (`label_classifier`, a small CNN fit on the real
+  training images and labels at W's size and channels, cached in
+  W/eval/classifier/). classifier_fd is the Frechet distance between its
+  penultimate-layer features of the samples and of the real training
+  images; class_fractions, missing_classes, mean_confidence read its
+  predictions. Offline; comparable between runs on the same data set, size
+  and channels (the fingerprint), not with papers' FID.
+- 'inception': FID, KID and IS with pytorch-fid's Inception-v3 weights (see
+  `inception`), against the real training images; their statistics are
+  computed once and cached in W/eval/ with a fingerprint.
+- 'memorization': the nearest training images of (at most 2,000) samples in
+  pixel space and in D's feature space (`d_features`), as PNGs of each
+  sample beside its neighbours and histograms of sample-to-train against
+  train-to-train distances (`memorization`).
+
+Reports go to W/eval/report_step_<step>.json and TensorBoard in W/eval;
+only process 0 writes. Nothing here imports the trainer: the evaluator is
+handed what it scores.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers
+from flax import serialization
+from scipy import special
+
+from dcgan_jax.core import config_checks, generate, rundir
+from dcgan_jax.core.state import GANState
+from dcgan_jax.data import input_pipeline, loader
+from dcgan_jax.evaluation import (
+  batching,
+  d_features,
+  gan_metrics,
+  inception,
+  label_classifier,
+  memorization,
+)
+from dcgan_jax.util import files
+
+METRICS = config_checks.EVAL_METRICS
+EVAL_DIR = rundir.EVAL_DIR
+CLASSIFIER_DIR = os.path.join(EVAL_DIR, 'classifier')
+DEFAULT_TRAINING = label_classifier.ClassifierTraining()
+# A class is "missing" when it gets less than this share of the uniform 1/K.
+MISSING_CLASS_SHARE = 0.1
+# Real Inception features kept for KID (a fixed subset of the training set).
+KID_REFERENCE_SIZE = 5000
+# Samples whose nearest training images are searched ('memorization').
+MEMORIZATION_SAMPLES = 2000
+
+DESCRIPTIONS = {
+  'classifier_fd': (
+    'Frechet distance between the penultimate-layer (128-d) features of the '
+    "project's CNN classifier for samples and for the real training images "
+    '(FID formula, not Inception: compare only runs with the same data set, '
+    'size, channels and num_samples). Lower is better.'
+  ),
+  'class_fractions': 'Share of samples per class predicted by the classifier.',
+  'missing_classes': (
+    'Number of classes predicted for less than 10% of the uniform share '
+    '(0.1 / num_classes) of the samples: mode dropping. 0 is best.'
+  ),
+  'mean_confidence': "Mean of the classifier's top-class probability.",
+  'classifier_test_accuracy': (
+    'Accuracy of the classifier on held-out real training images (not seen '
+    'when it was fit).'
+  ),
+  'fid': (
+    'FID (Heusel et al. 2017): Frechet distance of Inception-v3 pool3 features '
+    '(pytorch-fid weights) of samples and of the real training images.'
+  ),
+  'kid': (
+    'KID (Binkowski et al. 2018): mean over 100 subsets of the unbiased '
+    'polynomial-kernel MMD^2 of pool3 features, subsets of min(1000, '
+    f'num_samples, {KID_REFERENCE_SIZE}) images.'
+  ),
+  'kid_std': 'Standard deviation of KID over its subsets.',
+  'is': 'Inception Score (Salimans et al. 2016), mean over 10 splits.',
+  'is_std': 'Standard deviation of the Inception Score over its splits.',
+}
+for _space, _what in (('pixels', 'pixel space'), ('dfeatures', "D's pooled features")):
+  DESCRIPTIONS |= {
+    f'memorization_{_space}_share_below_train_p01': (
+      f'Share of samples (at most {MEMORIZATION_SAMPLES}) whose nearest training '
+      f'image, in {_what}, is closer than the 1st percentile of training images '
+      'to their nearest other training image. About 0.01 without memorisation.'
+    ),
+    f'memorization_{_space}_exact_copies': (
+      f'Samples within round-off of a training image in {_what}.'
+    ),
+    f'memorization_{_space}_median_ratio': (
+      f'Median sample-to-train over median train-to-train nearest-neighbour '
+      f'distance in {_what}; well below 1 suggests copies.'
+    ),
+  }
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_inception(module: nn.Module, variables: Any, x: jax.Array):
+  return module.apply(variables, inception.preprocess(x))
+
+
+def _data_fingerprint(config: ml_collections.ConfigDict, num_images: int) -> str:
+  return (
+    f'dataset={config.dataset} split={config.split} crop={config.crop} '
+    f'{config.image_size}x{config.image_size}x{config.num_channels} n={num_images}'
+  )
+
+
+def load_labels(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
+  """The training images' labels; ValueError naming the usable metrics if none."""
+  try:
+    return input_pipeline.load_labels(
+      dataset=config.dataset,
+      split=config.split,
+      data_dir=config.data_dir,
+      download=config.download,
+    )
+  except ValueError as e:
+    raise ValueError(
+      f"Metric 'classifier' needs a labelled data set ('digits', 'mnist', ...); "
+      f'config.dataset={config.dataset!r} has none ({e}). Use '
+      '--metrics=inception for this workdir (FID, KID, IS).'
+    ) from e
+
+
+def load_or_train_classifier(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  real_images: np.ndarray,
+  training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+) -> label_classifier.Classifier:
+  """The classifier cached in W/eval/classifier/ if its fingerprint (data set,
+  split, size, channels, training) matches, else trained now and cached."""
+  labels, num_classes = load_labels(config)
+  if len(labels) != len(real_images):
+    raise ValueError(
+      f'{config.dataset!r} has {len(labels)} labels but {len(real_images)} images.'
+    )
+  fingerprint = f'{_data_fingerprint(config, len(labels))} {training.describe()}'
+  directory = os.path.join(workdir, CLASSIFIER_DIR)
+  meta_path = os.path.join(directory, 'classifier.json')
+  params_path = os.path.join(directory, 'params.msgpack')
+  module = label_classifier.FeatureClassifier(num_classes)
+  if os.path.exists(meta_path) and os.path.exists(params_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if meta.get('fingerprint') == fingerprint:
+      x0 = jnp.zeros((1, *real_images.shape[1:]), jnp.float32)
+      target = jax.eval_shape(module.init, jax.random.key(training.seed), x0)
+      target = target['params']
+      with open(params_path, 'rb') as f:
+        params = serialization.from_bytes(target, f.read())
+      return label_classifier.Classifier(
+        module, params, fingerprint, meta['test_accuracy'], True
+      )
+  os.makedirs(directory, exist_ok=True)
+  start = time.perf_counter()
+  module, params, accuracy = label_classifier.train_classifier(
+    real_images, labels, num_classes, training
+  )
+  # Parameters first: a fingerprint file never describes older parameters.
+  files.write_atomic(params_path, serialization.to_bytes(jax.device_get(params)))
+  meta = {
+    'fingerprint': fingerprint,
+    'test_accuracy': accuracy,
+    'num_classes': num_classes,
+    'train_seconds': time.perf_counter() - start,
+  }
+  files.write_atomic(meta_path, json.dumps(meta, indent=2))
+  return label_classifier.Classifier(module, params, fingerprint, accuracy, False)
+
+
+def classifier_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  images: np.ndarray,
+  real_images: np.ndarray,
+  training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details) of uint8 samples read by the project's classifier."""
+  classifier = load_or_train_classifier(workdir, config, real_images, training)
+  stats_path = os.path.join(workdir, CLASSIFIER_DIR, 'real_stats.npz')
+  fingerprint = f'{classifier.fingerprint} penultimate'
+  try:
+    if not classifier.cached:  # Fresh parameters: recompute, whatever is there.
+      raise FileNotFoundError(stats_path)
+    real_stats = gan_metrics.FeatureStats.load(stats_path, fingerprint=fingerprint)
+  except (FileNotFoundError, ValueError):
+    _, real_features = label_classifier.classifier_outputs(
+      classifier.module, classifier.params, real_images
+    )
+    real_stats = gan_metrics.feature_stats(real_features)
+    real_stats.save(stats_path, fingerprint=fingerprint)
+  logits, features = label_classifier.classifier_outputs(
+    classifier.module, classifier.params, images
+  )
+  probs = special.softmax(logits.astype(np.float64), axis=1)
+  num_classes = probs.shape[1]
+  fractions = np.bincount(probs.argmax(axis=1), minlength=num_classes) / len(probs)
+  fd = gan_metrics.frechet_distance(gan_metrics.feature_stats(features), real_stats)
+  metrics = {
+    'classifier_fd': fd,
+    'class_fractions': [float(f) for f in fractions],
+    'missing_classes': int((fractions < MISSING_CLASS_SHARE / num_classes).sum()),
+    'mean_confidence': float(probs.max(axis=1).mean()),
+    'classifier_test_accuracy': classifier.test_accuracy,
+  }
+  details = {'fingerprint': classifier.fingerprint, 'cached': classifier.cached}
+  return metrics, details
+
+
+# ----------------------------------------------------------------------------
+# Inception: FID, KID, IS.
+
+
+def inception_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  images: np.ndarray,
+  real_images: np.ndarray,
+  *,
+  weights: str | None = None,
+  batch_size: int = 100,
+  seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details): FID, KID, IS of uint8 samples against the real images.
+
+  The real images' pool3 statistics (and a fixed subset of at most
+  KID_REFERENCE_SIZE of their features, for KID) are cached in W/eval/ with a
+  fingerprint naming the data, the number of images and the weights file.
+  """
+  module, variables = inception.load_fid_inception(weights)
+  apply = functools.partial(_apply_inception, module)
+  weights_name = os.path.basename(weights or inception.default_weights_path())
+  fingerprint = f'{_data_fingerprint(config, len(real_images))} {weights_name} pool3'
+  path = os.path.join(workdir, EVAL_DIR, 'inception_real.npz')
+  real = _load_inception_reference(path, fingerprint)
+  cached = real is not None
+  if real is None:
+    subset = np.sort(
+      np.random.default_rng(0).permutation(len(real_images))[:KID_REFERENCE_SIZE]
+    )
+    accumulator = gan_metrics.StatsAccumulator()
+    kid_features = []
+    for start in range(0, len(real_images), batch_size):
+      chunk = real_images[start : start + batch_size]
+      feats = batching.batched_apply(apply, variables, chunk, batch_size)['pool3']
+      accumulator.update(feats)
+      in_chunk = subset[(subset >= start) & (subset < start + len(chunk))]
+      kid_features.append(feats[in_chunk - start])
+    real = accumulator.stats(), np.concatenate(kid_features).astype(np.float32)
+    _save_inception_reference(path, fingerprint, *real)
+  real_stats, real_kid_features = real
+  out = batching.batched_apply(apply, variables, images, batch_size)
+  probs = special.softmax(out['logits'].astype(np.float64), axis=1)
+  fid = gan_metrics.frechet_distance(
+    gan_metrics.feature_stats(out['pool3']), real_stats
+  )
+  kid, kid_std = gan_metrics.kernel_inception_distance(
+    out['pool3'], real_kid_features, rng=np.random.default_rng(seed)
+  )
+  is_mean, is_std = gan_metrics.inception_score(probs, num_splits=min(10, len(probs)))
+  metrics = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'is': is_mean}
+  metrics['is_std'] = is_std
+  details = {'fingerprint': fingerprint, 'cached': cached, 'weights': weights_name}
+  return metrics, details
+
+
+def _save_inception_reference(path, fingerprint, stats, kid_features) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  stats.save(path + '.stats.npz', fingerprint=fingerprint)
+  with files.atomic_write(path) as f:
+    np.savez(f, kid_features=kid_features, fingerprint=np.str_(fingerprint))
+
+
+def _load_inception_reference(path, fingerprint):
+  """(FeatureStats, KID features) if cached for `fingerprint`, else None."""
+  if not os.path.exists(path):
+    return None
+  try:
+    stats = gan_metrics.FeatureStats.load(path + '.stats.npz', fingerprint=fingerprint)
+  except (FileNotFoundError, ValueError):
+    return None
+  with np.load(path, allow_pickle=False) as data:
+    if str(data['fingerprint']) != fingerprint:
+      return None
+    return stats, data['kid_features']
+
+
+# ----------------------------------------------------------------------------
+# Samples, all metrics, the report.
+
+
+def compute_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  images: np.ndarray,
+  metrics: Sequence[str],
+  *,
+  real_images: np.ndarray | None = None,
+  inception_weights: str | None = None,
+  classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+  seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details per metric group) of uint8 images [N, S, S, C]."""
+  _check_metrics(metrics)
+  if real_images is None:
+    real_images = loader.load_data(config, workdir)
+  values, details = {}, {}
+  if 'classifier' in metrics:
+    v, details['classifier'] = classifier_metrics(
+      workdir, config, images, real_images, classifier_training
+    )
+    values.update(v)
+  if 'inception' in metrics:
+    v, details['inception'] = inception_metrics(
+      workdir, config, images, real_images, weights=inception_weights, seed=seed
+    )
+    values.update(v)
+  return values, details
+
+
+def memorization_metrics(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  state: GANState,
+  samples: np.ndarray,
+  real_images: np.ndarray,
+  *,
+  seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details): nearest training images of the samples, in pixel
+  space and in the space of D's pooled convolutional features (the linear
+  probe's), written as W/eval/memorization_step_<step>_*.png."""
+  step = int(state.step)
+  features = {}
+  if config.model.arch != 'mlp':  # D without convolutions: pixels only.
+    d_variables = {'params': state.d_params, 'batch_stats': state.d_batch_stats}
+    features = {
+      'sample_features': d_features.discriminator_features(
+        config, d_variables, samples
+      ),
+      'train_features': d_features.discriminator_features(
+        config, d_variables, real_images
+      ),
+    }
+  result = memorization.memorization_report(
+    samples,
+    real_images,
+    out_dir=os.path.join(workdir, EVAL_DIR),
+    prefix=f'memorization_step_{step}',
+    seed=seed,
+    **features,
+  )
+  metrics, figures = {}, {}
+  for space in ('pixels', 'dfeatures'):
+    if space not in result:
+      continue
+    part = result[space]
+    metrics[f'memorization_{space}_share_below_train_p01'] = part[
+      'share_below_train_p01'
+    ]
+    metrics[f'memorization_{space}_exact_copies'] = part['num_exact_copies']
+    metrics[f'memorization_{space}_median_ratio'] = part['median_ratio']
+    figures[f'memorization_neighbours_{space}'] = part['neighbours_png']
+    figures[f'memorization_distances_{space}'] = part['distances_png']
+  return metrics, {**result, 'figures': figures}
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
+  unknown = [m for m in metrics if m not in METRICS]
+  if unknown or not metrics:
+    raise ValueError(f'metrics must be some of {list(METRICS)}, got {list(metrics)}.')
+
+
+def available_metrics(
+  config: ml_collections.ConfigDict, inception_weights: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+  """('auto' metrics, {left-out metric: why}): 'classifier' if the data set
+  has labels, 'inception' if the weights file exists (no download),
+  'memorization' always."""
+  metrics, skipped = [], {}
+  try:
+    load_labels(config)
+    metrics.append('classifier')
+  except ValueError as e:
+    skipped['classifier'] = str(e).split(' (')[0] + ': the data set has no labels.'
+  try:
+    inception.resolve_weights(inception_weights, download=False)
+    metrics.append('inception')
+  except FileNotFoundError as e:
+    skipped['inception'] = str(e)
+  metrics.append('memorization')
+  return metrics, skipped
+
+
+def check_metrics_available(
+  config: ml_collections.ConfigDict,
+  metrics: Sequence[str],
+  inception_weights: str | None = None,
+) -> str | None:
+  """Fails early, before sampling or training, where a metric cannot run:
+  'classifier' on a data set without labels, 'inception' without weights.
+  Returns the resolved Inception weights path (None without 'inception')."""
+  _check_metrics(metrics)
+  if 'classifier' in metrics:
+    load_labels(config)
+  if 'inception' in metrics:
+    return inception.resolve_weights(inception_weights)
+  return None
+
+
+def evaluate_generator(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  state: GANState,
+  *,
+  num_samples: int = 10_000,
+  metrics: Sequence[str] = ('classifier',),
+  seeds: Sequence[int] = (0,),
+  real_images: np.ndarray | None = None,
+  inception_weights: str | None = None,
+  classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+  cache_workdir: str | None = None,
+  skipped: dict[str, str] | None = None,
+) -> dict[str, Any]:
+  """Scores the generator of `state` (a single GAN of the run in `workdir`).
+
+  For each z seed in `seeds`, draws `num_samples` images and computes the
+  metrics; the report's `metrics` are their means over the seeds, `spread`
+  their standard deviations and per-seed values (more than one seed). With
+  'classifier', the class shares of the first seed's samples are also drawn
+  as W/eval/class_coverage_step_<step>.png. Writes the report (see
+  `write_report`) and returns it. The classifier and the real images'
+  statistics are cached under `cache_workdir` (default: `workdir`), so the
+  GANs of one ensemble share them. `skipped` (metric -> why it did not run)
+  is recorded in the report.
+  """
+  _check_metrics(metrics)
+  if num_samples < 10:
+    raise ValueError(f'num_samples must be at least 10, got {num_samples}.')
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'seeds must be distinct and at least one, got {list(seeds)}.')
+  start = time.perf_counter()
+  step = int(state.step)
+  if real_images is None:
+    real_images = loader.load_data(config, workdir)
+  g_variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  per_seed, details, figures = [], {}, {}
+  sample_fn = generate.generator_fn(config, g_variables)
+  for seed in seeds:
+    images = generate.images(sample_fn, generate.eval_z(config, num_samples, seed))
+    values, details = compute_metrics(
+      cache_workdir or workdir,
+      config,
+      images,
+      metrics,
+      real_images=real_images,
+      inception_weights=inception_weights,
+      classifier_training=classifier_training,
+      seed=seed,
+    )
+    per_seed.append(values)
+    if seed == seeds[0]:
+      first_images = images[:MEMORIZATION_SAMPLES]
+    if 'classifier' in metrics and not figures and jax.process_index() == 0:
+      figures['class_coverage'] = figures.coverage_png(
+        os.path.join(workdir, EVAL_DIR, f'class_coverage_step_{step}.png'),
+        values['class_fractions'],
+        title=f'step {step}: share of {num_samples} samples per class',
+        missing_share=MISSING_CLASS_SHARE,
+      )
+  values, spread = aggregate(per_seed)
+  if 'memorization' in metrics and jax.process_index() == 0:  # Writes PNGs.
+    v, details['memorization'] = memorization_metrics(
+      workdir, config, state, first_images, real_images, seed=seeds[0]
+    )
+    values.update(v)
+    figures.update(details['memorization'].pop('figures'))
+  report = {
+    'step': step,
+    'num_samples': num_samples,
+    'seeds': list(seeds),
+    'dataset': config.dataset,
+    'image_shape': list(images.shape[1:]),
+    'sample_batchnorm': config.sample_batchnorm,
+    'metrics': values,
+    'descriptions': {k: DESCRIPTIONS[k] for k in values},
+    'details': details,
+    'figures': figures,
+  }
+  if skipped:
+    report['skipped'] = skipped
+  if spread:
+    report['spread'] = spread
+  report['seconds'] = round(time.perf_counter() - start, 2)
+  write_report(workdir, report)
+  return report
+
+
+def aggregate(
+  reports: Sequence[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(means, spread) of metric dicts: lists averaged elementwise; spread is
+  {name: {'std', 'values'}} over the dicts (empty for a single one)."""
+  means = {
+    k: (
+      [float(np.mean(v)) for v in zip(*(r[k] for r in reports), strict=True)]
+      if isinstance(reports[0][k], list)
+      else float(np.mean([r[k] for r in reports]))
+    )
+    for k in reports[0]
+  }
+  for k, v in reports[0].items():
+    if isinstance(v, int) and len(reports) == 1:
+      means[k] = v
+  if len(reports) == 1:
+    return means, {}
+  spread = {
+    k: {
+      'std': float(np.std([r[k] for r in reports], ddof=1)),
+      'values': [r[k] for r in reports],
+    }
+    for k, v in reports[0].items()
+    if not isinstance(v, list)
+  }
+  return means, spread
+
+
+def evaluate(
+  workdir: str,
+  *,
+  num_samples: int = 10_000,
+  metrics: Sequence[str] = ('classifier',),
+  seeds: Sequence[int] = (0,),
+  inception_weights: str | None = None,
+  classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+) -> dict[str, Any]:
+  """Scores the latest checkpoint of `workdir`; writes and returns the report.
+
+  The report (W/eval/report_step_<step>.json) holds step, num_samples, the
+  z seeds, `metrics` (name -> value, the mean over the z seeds), `spread`
+  (several seeds: name -> std and per-seed values), `descriptions` (name ->
+  what it is), the figures written and per metric group its cache
+  fingerprint; the scalars go to TensorBoard in W/eval.
+
+  A workdir of several GANs (config.num_seeds = K) is scored member by
+  member (each member's report in its own W/seed_<s>/eval/), and the
+  report in W/eval/ gives the mean over the K GANs in `metrics` and their
+  spread: the seed-to-seed variation of training.
+  """
+  config = rundir.load_config(workdir)
+  skipped = {}
+  if list(metrics) == ['auto']:
+    metrics, skipped = available_metrics(config, inception_weights)
+  inception_weights = check_metrics_available(config, metrics, inception_weights)
+  runs = rundir.load_runs(workdir)
+  if len({run.step for run in runs}) > 1:
+    raise ValueError(
+      f'The GANs in {workdir} are at different steps '
+      f'{[run.step for run in runs]}: relaunch training to bring them level.'
+    )
+  real_images = loader.load_data(config, workdir)
+  reports = [
+    evaluate_generator(
+      run.workdir,
+      run.config,
+      run.state,
+      num_samples=num_samples,
+      metrics=metrics,
+      seeds=seeds,
+      real_images=real_images,
+      inception_weights=inception_weights,
+      classifier_training=classifier_training,
+      cache_workdir=workdir,
+      skipped=skipped,
+    )
+    for run in runs
+  ]
+  if len(reports) == 1:
+    return reports[0]
+  values, spread = aggregate([r['metrics'] for r in reports])
+  report = {
+    k: reports[0][k] for k in ('step', 'num_samples', 'seeds', 'dataset', 'image_shape')
+  }
+  report |= {
+    'sample_batchnorm': config.sample_batchnorm,
+    'training_seeds': [run.config.seed for run in runs],
+    'metrics': values,
+    'spread': spread,
+    'descriptions': reports[0]['descriptions'],
+    **({'skipped': skipped} if skipped else {}),
+    'member_reports': [
+      os.path.join(run.workdir, EVAL_DIR, f'report_step_{r["step"]}.json')
+      for r, run in zip(reports, runs, strict=True)
+    ],
+    'seconds': round(sum(r['seconds'] for r in reports), 2),
+  }
+  write_report(workdir, report)
+  return report
+
+
+def write_report(workdir: str, report: dict[str, Any]) -> str:
+  """Writes the JSON report atomically and the scalars (and their spread,
+  as '<name>_std') to TensorBoard in W/eval; only process 0 writes."""
+  directory = os.path.join(workdir, EVAL_DIR)
+  path = os.path.join(directory, f'report_step_{report["step"]}.json')
+  if jax.process_index() != 0:
+    return path
+  os.makedirs(directory, exist_ok=True)
+  files.write_atomic(path, json.dumps(report, indent=2))
+  scalars = {f'eval/{k}': v for k, v in report['metrics'].items() if np.isscalar(v)}
+  for k, v in report.get('spread', {}).items():
+    scalars[f'eval/{k}_std'] = v['std']
+  writer = metric_writers.create_default_writer(directory)
+  writer.write_scalars(report['step'], scalars)
+  writer.flush()
+  writer.close()
+  return path
+
+
+def summary(report: dict[str, Any]) -> str:
+  seeds = report['seeds']
+  head = f'step {report["step"]}, {report["num_samples"]} samples'
+  if len(seeds) > 1:
+    head += f' for each of the z seeds {seeds}'
+  if 'training_seeds' in report:
+    head += f'; mean (std) over the GANs of seeds {report["training_seeds"]}'
+  elif len(seeds) > 1:
+    head += '; mean (std) over them'
+  lines = [head + ':']
+  spread = report.get('spread', {})
+  for name, value in report['metrics'].items():
+    if isinstance(value, list):
+      value = ' '.join(f'{v:.3f}' for v in value)
+    elif isinstance(value, float):
+      value = f'{value:.4g}'
+    if name in spread:
+      value = f'{value} ({spread[name]["std"]:.2g})'
+    lines.append(f'  {name}: {value}')
+  for name, path in report.get('figures', {}).items():
+    lines.append(f'  {name}: {path}')
+  for name, why in report.get('skipped', {}).items():
+    lines.append(f'  not run: {name}: {why.splitlines()[0]}')
+  return '\n'.join(lines)
