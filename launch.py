@@ -16,7 +16,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from dcgan_jax.util import xla_cpu  # noqa: E402  (imports no JAX)
 
-xla_cpu.use_project_kernels()  # Before JAX starts: see dcgan_jax/xla_cpu.py.
+xla_cpu.use_project_kernels()  # Before JAX starts: see dcgan_jax/util/xla_cpu.py.
 
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -18,7 +18,7 @@ GPUs and TPUs listed in `_PEAK_TFLOP_S`; 'unknown' elsewhere, e.g. on
 CPUs). peak_mem_mb is the device's peak where the backend reports it
 (GPU, TPU), otherwise XLA's buffer plan for the step (arguments + outputs +
 temporaries). xla_flags is XLA_FLAGS as the step ran: on CPU it holds the
-kernel choice of `dcgan_jax/xla_cpu.py` unless XLA_FLAGS already made one.
+kernel choice of `dcgan_jax/util/xla_cpu.py` unless XLA_FLAGS already made one.
 With --config.num_seeds=K the step trains K GANs, and
 images/s and FLOPs count all of them. Only the step is timed: the input pipeline has its own
 benchmark (`benchmarks/input_pipeline.py`).
@@ -102,7 +102,7 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
     in_axes=(0, 0, None),
     donate_argnums=(0,),
   )
-  inits = [gan_state.initial_state(c) for c, _ in members]
+  inits = [gan_state.initial_state(m.config) for m in members]
   init = inits[0]
   # The architecture's FLOPs: counted on flax's own layers, whatever
   # config.model.conv_impl computes them with.

@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   # How stride-2 (transposed) convolutions are computed; the parameters and
   # the function are the same, only speed and float round-off differ.
   # 'phases': as stride-1 convolutions and per-tap matrix products without
-  # inserted zeros (dcgan_jax/strided.py; several times faster on CPU);
+  # inserted zeros (dcgan_jax/networks/strided.py; several times faster on CPU);
   # 'xla': flax's nn.Conv / nn.ConvTranspose; 'auto': 'phases' on CPU,
   # 'xla' on GPU/TPU.
   config.model.conv_impl = 'auto'
@@ -175,7 +175,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_metrics = 'classifier'
   config.eval_num_samples = 5000
   # The pytorch-fid Inception weights file; '' = $DCGAN_FID_WEIGHTS or the
-  # cache (see dcgan_jax/inception.py).
+  # cache (see dcgan_jax/evaluation/inception.py).
   config.inception_weights = ''
 
   return config

@@ -9,7 +9,7 @@ with --config.dataset=idx:DIR (and --config.split=train where DIR holds the
 training files). Offline. The model is configs/digits.py's, with D twice as
 wide (more features for the representation probe). The probe then fits an
 L2-SVM on D's 7,168 features of 1,000 labelled digits and tests it on the
-other 9,000 (see dcgan_jax/linear_probe.py). Measured on 2 CPU cores shared
+other 9,000 (see dcgan_jax/evaluation/probe.py). Measured on 2 CPU cores shared
 with other jobs (load 2-4): training 13 minutes, the probe 3; test accuracy
 over three draws of the labels (--seed 0, 1, 2): trained D 93.8-94.6%, D at
 initialisation 92.4-93.2%, raw pixels 82.6-83.6%.
@@ -18,12 +18,12 @@ initialisation 92.4-93.2%, raw pixels 82.6-83.6%.
 import os
 
 from configs import default
-from dcgan_jax import digits_classifier
+from dcgan_jax.evaluation import digits_svm
 
 
 def get_config():
   config = default.get_config()
-  config.dataset = 'idx:' + os.path.abspath(digits_classifier.MNIST_DIR)
+  config.dataset = 'idx:' + os.path.abspath(digits_svm.MNIST_DIR)
   config.split = 'test'
   config.image_size = 32
   config.num_channels = 1

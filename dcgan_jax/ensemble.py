@@ -34,23 +34,29 @@ def stack(trees: list[PyTree]) -> PyTree:
 
 @dataclasses.dataclass
 class Ensemble:
-  """The K GANs of a launch: their configs, workdirs and checkpoints."""
+  """The K GANs of a launch (`rundir.Member`s) and their checkpoints."""
 
-  configs: list[ml_collections.ConfigDict]
-  workdirs: list[str]
+  members: list[rundir.Member]
   managers: list[ocp.CheckpointManager] = dataclasses.field(default_factory=list)
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict, workdir: str) -> 'Ensemble':
-    members = rundir.seed_members(config, workdir)
-    return cls([c for c, _ in members], [wd for _, wd in members])
+    return cls(rundir.seed_members(config, workdir))
 
   def __len__(self) -> int:
-    return len(self.configs)
+    return len(self.members)
+
+  @property
+  def configs(self) -> list[ml_collections.ConfigDict]:
+    return [m.config for m in self.members]
+
+  @property
+  def workdirs(self) -> list[str]:
+    return [m.workdir for m in self.members]
 
   @property
   def seeds(self) -> list[int]:
-    return [c.seed for c in self.configs]
+    return [m.config.seed for m in self.members]
 
   def describe(self, k: int) -> str:
     """'' for a single GAN, ' (seed s)' for GAN k of several."""
@@ -74,31 +80,44 @@ class Ensemble:
     common = set.intersection(*steps) if any(steps) else set()
     step = max(common) if common else None
     if any(steps):
-      for workdir, mngr, mine in zip(self.workdirs, self.managers, steps, strict=True):
+      for workdir, manager, mine in zip(
+        self.workdirs, self.managers, steps, strict=True
+      ):
         for newer in sorted(s for s in mine if step is None or s > step):
           logging.warning(
             'Dropping checkpoint %d of %s: not all seeds reached it.', newer, workdir
           )
           if jax.process_index() == 0:
-            mngr.delete(newer)
+            manager.delete(newer)
     states = [
-      rundir.restore_latest(wd, c, step=step) if step is not None else None
-      for c, wd in zip(self.configs, self.workdirs, strict=True)
+      rundir.restore_latest(m.workdir, m.config, step=step)
+      if step is not None
+      else None
+      for m in self.members
     ]
     return stack(
-      [s or initial_state(c) for s, c in zip(states, self.configs, strict=True)]
+      [s or initial_state(m.config) for s, m in zip(states, self.members, strict=True)]
     )
+
+  def record_launch(
+    self, images: np.ndarray, start_step: int, *, allow_config_change: bool
+  ) -> None:
+    """Writes each GAN's config.json and manifest.json (`rundir.record_launch`)."""
+    for m in self.members:
+      rundir.record_launch(
+        m.config, m.workdir, images, start_step, allow_config_change=allow_config_change
+      )
 
   def save(self, step: int, host_state: GANState) -> None:
     """Starts saving each GAN's slice of a stacked host state."""
-    for k, mngr in enumerate(self.managers):
-      mngr.save(step, args=ocp.args.StandardSave(member(host_state, k)))
+    for k, manager in enumerate(self.managers):
+      manager.save(step, args=ocp.args.StandardSave(member(host_state, k)))
 
   def close(self) -> None:
     """Waits for the saves in flight, then closes the checkpoint managers."""
-    for mngr in self.managers:
-      mngr.wait_until_finished()
-      mngr.close()
+    for manager in self.managers:
+      manager.wait_until_finished()
+      manager.close()
 
   def batches(
     self, images: np.ndarray, global_batch_size: int, start_step: int

@@ -18,12 +18,12 @@ and computes:
   class shares). Offline; comparable between runs on the same data set, size
   and channels (the fingerprint), not with papers' FID.
 - 'inception': FID, KID and IS with pytorch-fid's Inception-v3 weights (see
-  dcgan_jax.inception), against the real training images; their statistics
+  dcgan_jax.evaluation.inception), against the real training images; their statistics
   are computed once and cached in W/eval/ with a fingerprint.
 - 'memorization': the nearest training images of (at most 2,000) samples in
-  pixel space and in D's feature space (dcgan_jax.linear_probe), as PNGs of
+  pixel space and in D's feature space (dcgan_jax.evaluation.d_features), as PNGs of
   each sample beside its neighbours and histograms of sample-to-train
-  against train-to-train distances (dcgan_jax.memorization).
+  against train-to-train distances (dcgan_jax.evaluation.memorization).
 
 'auto' (the default) is every metric that can run here: 'classifier' where
 the data set has labels, 'inception' where the weights file is present,

@@ -65,7 +65,7 @@ def export_generator(
   exported for `platforms` with a symbolic batch size.
 
   `conv_impl` picks the convolution code baked in ('xla': XLA's convolutions,
-  right for accelerators; 'phases': dcgan_jax/strided.py, faster on CPU);
+  right for accelerators; 'phases': dcgan_jax/networks/strided.py, faster on CPU);
   both compute the same function of the same parameters.
   """
   unknown = [p for p in platforms if p not in PLATFORMS]

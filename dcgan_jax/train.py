@@ -74,10 +74,7 @@ def train_and_evaluate(
     f'{models.count_params(ensemble_lib.member(host_state.g_params, 0)):,}',
     f'{models.count_params(ensemble_lib.member(host_state.d_params, 0)):,}',
   )
-  for c, wd in zip(gans.configs, gans.workdirs, strict=True):
-    rundir.record_launch(
-      c, wd, images, start_step, allow_config_change=allow_config_change
-    )
+  gans.record_launch(images, start_step, allow_config_change=allow_config_change)
   if len(gans) > 1 and is_chief:
     rundir.save_config(config, workdir)  # What the ensemble was launched with.
   state = jax_utils.replicate(host_state)
@@ -180,8 +177,8 @@ class _Outputs:
     ]
 
   def hparams(self) -> None:
-    for c, writer in zip(self._gans.configs, self.writers, strict=True):
-      writer.write_hparams(_hparams(c))
+    for member, writer in zip(self._gans.members, self.writers, strict=True):
+      writer.write_hparams(_hparams(member.config))
 
   def samples(self, step: int, state: GANState) -> None:
     variables = unreplicate(
@@ -201,13 +198,13 @@ class _Outputs:
 
   def metrics(self, step: int, train_metrics: Any, first: int, *, skip: bool) -> None:
     """Logs the means since step `first`; stops a run gone non-finite."""
-    for k, mngr in enumerate(self._gans.managers):
+    for k, manager in enumerate(self._gans.managers):
       summary = {
         key: float(v)
         for key, v in ensemble_lib.member(train_metrics, k).compute().items()
       }
       try:
-        _check_finite(summary, first, step, mngr.latest_step(), skip=skip)
+        _check_finite(summary, first, step, manager.latest_step(), skip=skip)
       except FloatingPointError as e:
         if len(self._gans) > 1:
           raise FloatingPointError(f'Seed {self._gans.seeds[k]}: {e}') from e
@@ -250,10 +247,10 @@ def _make_periodic_eval(
   cache_workdir = workdirs[0] if len(gans) == 1 else os.path.dirname(workdirs[0])
 
   def run(host_state: GANState) -> None:
-    for k, (c, wd) in enumerate(zip(gans.configs, workdirs, strict=True)):
+    for k, member in enumerate(gans.members):
       report = evaluator.evaluate_generator(
-        wd,
-        c,
+        member.workdir,
+        member.config,
         ensemble_lib.member(host_state, k),
         num_samples=config.eval_num_samples,
         metrics=metrics,
@@ -346,8 +343,8 @@ class Preemption:
   flag read at the next step boundary.
   """
 
-  def __init__(self, mngr: ocp.CheckpointManager):
-    self._mngr = mngr
+  def __init__(self, manager: ocp.CheckpointManager):
+    self._mngr = manager
     self._signalled = threading.Event()
     self._previous = None
     single = jax.process_count() == 1

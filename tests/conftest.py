@@ -57,14 +57,20 @@ def _release_compiled_programs():
 
 
 @pytest.fixture(scope='session')
-def tiny_digits_run(tmp_path_factory):
-  """digits_run.tiny_config, trained once for the session. Read only: tests
-  that write into a workdir use a copy (`tiny_digits_workdir`)."""
-  import digits_run
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir for the session: the digits are prepared once."""
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def tiny_digits_run(data_dir, tmp_path_factory):
+  """runs.tiny_config, trained once for the session. Read only: tests that
+  write into a workdir use a copy (`tiny_digits_workdir`)."""
+  import runs
 
   from dcgan_jax import train
 
-  config = digits_run.tiny_config(str(tmp_path_factory.mktemp('tfds')))
+  config = runs.tiny_config(data_dir)
   workdir = tmp_path_factory.mktemp('tiny_digits') / 'run'
   train.train_and_evaluate(config, str(workdir))
   return workdir

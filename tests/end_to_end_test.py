@@ -27,9 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def trained_workdir(tmp_path_factory):
+def trained_workdir(data_dir, tmp_path_factory):
   config = digits_config.get_config()
-  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.data_dir = data_dir
   workdir = str(tmp_path_factory.mktemp('digits'))
   train.train_and_evaluate(config, workdir)
   return workdir

@@ -6,16 +6,11 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from train_test import checkpoint_leaves, logged_metrics, small_config
+from runs import checkpoint_leaves, logged_metrics, small_config
 
 from dcgan_jax import sample, train
 from dcgan_jax.core import rundir
 from dcgan_jax.util import errors
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 @pytest.fixture(scope='module')

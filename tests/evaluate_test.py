@@ -1,7 +1,7 @@
 """The evaluation tool: reports, caches, and metrics that measure something.
 
 The module works on its copy of the session's tiny digits run (16x16,
-narrow models, a few dozen steps; see digits_run.py); the project's
+narrow models, a few dozen steps; see runs.py); the project's
 classifier is trained once in it (the first evaluate call) and reused by the
 later ones.
 """
@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from digits_run import NUM_STEPS, tiny_config
 from PIL import Image
+from runs import NUM_STEPS, tiny_config
 
 from dcgan_jax import evaluate, train
 from dcgan_jax.core import config_checks, generate, rundir
@@ -323,10 +323,10 @@ def test_missing_inception_weights_fail_before_sampling(workdir, tmp_path, monke
     )
 
 
-def test_periodic_evaluation_of_a_seed_ensemble(tmp_path_factory):
+def test_periodic_evaluation_of_a_seed_ensemble(data_dir, tmp_path_factory):
   """eval_every_steps during training, for two GANs in one program; then the
   command-line tool on the ensemble workdir: per-GAN reports plus mean/spread."""
-  config = tiny_config(str(tmp_path_factory.mktemp('tfds')))
+  config = tiny_config(data_dir)
   config.num_train_steps = 30
   config.checkpoint_every_steps = 30
   config.sample_every_steps = 30
@@ -361,8 +361,8 @@ def test_periodic_evaluation_of_a_seed_ensemble(tmp_path_factory):
   assert os.path.exists(os.path.join(workdir, 'eval', 'report_step_30.json'))
 
 
-def test_evaluation_config_that_cannot_run_stops_before_training(tmp_path):
-  config = tiny_config(str(tmp_path / 'tfds'))
+def test_evaluation_config_that_cannot_run_stops_before_training(data_dir, tmp_path):
+  config = tiny_config(data_dir)
   config.eval_every_steps = 10
   config.eval_metrics = 'classifier,inception'
   config.inception_weights = str(tmp_path / 'missing.pth')

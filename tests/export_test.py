@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from digits_run import NUM_STEPS
+from runs import NUM_STEPS
 
 from dcgan_jax import export
 from dcgan_jax.core import generate, rundir

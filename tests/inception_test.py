@@ -1,4 +1,4 @@
-"""Tests for dcgan_jax.inception and dcgan_jax.pth_reader.
+"""Tests for dcgan_jax.evaluation.inception and dcgan_jax.evaluation.pth_reader.
 
 The real weights file is not needed (nor fetched): a stand-in with random
 values and the real file's names and shapes is written here, without torch,

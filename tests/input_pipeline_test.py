@@ -1,4 +1,4 @@
-"""Tests of dcgan_jax.input_pipeline and the sklearn_digits TFDS builder."""
+"""Tests of dcgan_jax.data.input_pipeline and the sklearn_digits TFDS builder."""
 
 import gzip
 import os
@@ -11,18 +11,17 @@ import pytest
 from PIL import Image
 
 from configs import mnist_files
+from dcgan_jax.data import idx, loader
 from dcgan_jax.data import input_pipeline as ip
-from dcgan_jax.data import loader
 from dcgan_jax.evaluation import digits_svm
 from dcgan_jax.util import errors
 
 
 @pytest.fixture(scope='module')
-def digits_data_dir(tmp_path_factory):
-  """A TFDS data_dir with sklearn_digits prepared once for the module."""
-  data_dir = tmp_path_factory.mktemp('tfds')
-  ip.load_images(dataset='digits', image_size=8, num_channels=1, data_dir=str(data_dir))
-  return str(data_dir)
+def digits_data_dir(data_dir):
+  """The session's TFDS data_dir, with sklearn_digits prepared."""
+  ip.load_images(dataset='digits', image_size=8, num_channels=1, data_dir=data_dir)
+  return data_dir
 
 
 def _save(path, array, **kwargs):
@@ -571,7 +570,7 @@ def test_idx_plain_and_gzipped_files_and_both_splits(tmp_path, mnist_test_set):
   assert len(os.listdir(tmp_path / 'cache')) == 2
   # Other element types parse too (here int32 labels).
   _write_idx(tmp_path / 'x', np.array([3, -1, 70000], np.int32), type_byte=0x0C)
-  assert ip.read_idx(str(tmp_path / 'x')).tolist() == [3, -1, 70000]
+  assert idx.read_idx(str(tmp_path / 'x')).tolist() == [3, -1, 70000]
 
 
 def test_idx_missing_files_and_splits_are_named(tmp_path, mnist_test_set):

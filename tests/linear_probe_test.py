@@ -78,9 +78,9 @@ def _save_workdir(workdir, config, state=None):
   os.makedirs(workdir, exist_ok=True)
   rundir.save_config(config, str(workdir))
   if state is not None:
-    with rundir.checkpoint_manager(str(workdir)) as mngr:
-      mngr.save(int(state.step), args=ocp.args.StandardSave(state))
-      mngr.wait_until_finished()
+    with rundir.checkpoint_manager(str(workdir)) as manager:
+      manager.save(int(state.step), args=ocp.args.StandardSave(state))
+      manager.wait_until_finished()
   return str(workdir)
 
 

@@ -1,4 +1,4 @@
-"""Tests for dcgan_jax/memorization.py: exact k-NN, summary, PNGs, real digits."""
+"""Tests for dcgan_jax/evaluation/memorization.py: exact k-NN, summary, PNGs, real digits."""
 
 import json
 import os

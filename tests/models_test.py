@@ -1,4 +1,4 @@
-"""Tests for dcgan_jax.models: shapes, pinned sizes, BatchNorm, init, errors."""
+"""Tests for dcgan_jax.networks.models: shapes, pinned sizes, BatchNorm, init, errors."""
 
 import functools
 import itertools
@@ -16,9 +16,9 @@ Z_DIM = 100
 
 def _model_config(**overrides):
   """The default model config with `overrides` applied."""
-  cfg = default.get_config().model
-  cfg.update(overrides)
-  return cfg
+  model_config = default.get_config().model
+  model_config.update(overrides)
+  return model_config
 
 
 def _create(image_size, num_channels, bn_axis_name=None, **overrides):

@@ -12,28 +12,21 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
-import pytest
+import runs
 
-from dcgan_jax.core import manifest, rundir
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from dcgan_jax.core import manifest
 
 
 def command(workdir, data_dir, num_steps, *extra):
-  return [
-    sys.executable, 'launch.py', '--config=configs/digits.py',
-    f'--workdir={workdir}', f'--config.data_dir={data_dir}',
-    '--config.image_size=16', '--config.model.g_width=32',
-    '--config.model.d_width=8', '--config.global_batch_size=16',
-    f'--config.num_train_steps={num_steps}', '--config.log_every_steps=5',
-    '--config.sample_every_steps=5', '--config.checkpoint_every_steps=5',
-    *extra,
-  ]  # fmt: skip
+  cadence = dict.fromkeys(
+    ('log_every_steps', 'sample_every_steps', 'checkpoint_every_steps'), 5
+  )
+  steps = dict(num_train_steps=num_steps, **cadence)
+  return [*runs.launch_command(workdir, data_dir, **steps), *extra]
 
 
 def free_port() -> int:
@@ -58,7 +51,7 @@ def run_two_processes(workdir, data_dir, num_steps, *extra, sigterm_after=None):
       command(workdir, data_dir, num_steps, *extra)
       + [f'--coordinator_address=localhost:{port}', '--num_processes=2']
       + [f'--process_id={i}'],
-      cwd=REPO,
+      cwd=runs.REPO,
       env=env_with_devices(2),
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
@@ -83,22 +76,13 @@ def run_two_processes(workdir, data_dir, num_steps, *extra, sigterm_after=None):
 def run_one_process(workdir, data_dir, num_steps, *extra):
   proc = subprocess.run(
     command(workdir, data_dir, num_steps, *extra),
-    cwd=REPO,
+    cwd=runs.REPO,
     env=env_with_devices(4),
     capture_output=True,
     text=True,
     timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def restored(workdir):
-  return rundir.restore_latest(str(workdir), rundir.load_config(str(workdir)))
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 SGD = ('--config.optimizer=sgd', '--config.g_learning_rate=0.01')
@@ -108,7 +92,7 @@ SGD += ('--config.d_learning_rate=0.01',)
 def test_two_processes_match_one_process(data_dir, tmp_path):
   logs = run_two_processes(tmp_path / 'two', data_dir, 10, *SGD)
   run_one_process(tmp_path / 'one', data_dir, 10, *SGD)
-  two, one = restored(tmp_path / 'two'), restored(tmp_path / 'one')
+  two, one = runs.restored(tmp_path / 'two'), runs.restored(tmp_path / 'one')
   assert int(two.step) == int(one.step) == 10
   worst = max(
     float(np.abs(a - b).max() / np.abs(a).max())
@@ -135,7 +119,7 @@ def test_two_process_resume_is_bit_exact(data_dir, tmp_path):
   run_two_processes(tmp_path / 'resumed', data_dir, 5)
   logs = run_two_processes(tmp_path / 'resumed', data_dir, 10)
   assert all('Resuming at step 5' in log for log in logs)
-  full, resumed = restored(tmp_path / 'full'), restored(tmp_path / 'resumed')
+  full, resumed = runs.restored(tmp_path / 'full'), runs.restored(tmp_path / 'resumed')
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -152,8 +136,11 @@ def test_sigterm_on_both_hosts_saves_at_one_agreed_step(data_dir, tmp_path):
   assert all(steps), logs[0][-2000:]
   (step,) = {int(m.group(1)) for m in steps}  # Both hosts agree.
   assert 0 < step < 300
-  assert int(restored(tmp_path / 'preempted').step) == step
+  assert int(runs.restored(tmp_path / 'preempted').step) == step
   run_two_processes(tmp_path / 'preempted', data_dir, 300, *cadence)
-  full, resumed = restored(tmp_path / 'full'), restored(tmp_path / 'preempted')
+  full, resumed = (
+    runs.restored(tmp_path / 'full'),
+    runs.restored(tmp_path / 'preempted'),
+  )
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)

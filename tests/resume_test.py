@@ -9,29 +9,26 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
+import runs
 
 from dcgan_jax.core import rundir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 300
 
 
 def launch_command(workdir, data_dir, *extra):
-  return [
-    sys.executable, 'launch.py', '--config=configs/digits.py',
-    f'--workdir={workdir}', f'--config.data_dir={data_dir}',
-    '--config.image_size=16', '--config.model.g_width=32',
-    '--config.model.d_width=8', '--config.global_batch_size=16',
-    f'--config.num_train_steps={NUM_STEPS}', '--config.log_every_steps=20',
-    '--config.sample_every_steps=100', '--config.checkpoint_every_steps=10',
-    *extra,
-  ]  # fmt: skip
+  steps = dict(
+    num_train_steps=NUM_STEPS,
+    log_every_steps=20,
+    sample_every_steps=100,
+    checkpoint_every_steps=10,
+  )
+  return [*runs.launch_command(workdir, data_dir, **steps), *extra]
 
 
 def start(workdir, data_dir, *extra, compilation_cache=True):
@@ -40,7 +37,7 @@ def start(workdir, data_dir, *extra, compilation_cache=True):
     env.pop('JAX_COMPILATION_CACHE_DIR', None)
   return subprocess.Popen(
     launch_command(workdir, data_dir, *extra),
-    cwd=REPO,
+    cwd=runs.REPO,
     env=env,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
@@ -55,7 +52,7 @@ def run(workdir, data_dir, *extra, timeout=300, compilation_cache=True):
 
 
 def final_leaves(workdir):
-  state = rundir.restore_latest(str(workdir), rundir.load_config(str(workdir)))
+  state = runs.restored(workdir)
   assert int(state.step) == NUM_STEPS
   return jax.tree.leaves(state)
 
@@ -72,11 +69,6 @@ def wait_for(predicate, proc, timeout=120):
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.time() < deadline, 'timed out'
     time.sleep(0.005)
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 @pytest.fixture(scope='module')

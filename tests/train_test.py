@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 from flax import jax_utils
+from runs import checkpoint_leaves, logged_metrics, small_config
 
-from configs import digits as digits_config
 from dcgan_jax import train
 from dcgan_jax.core import manifest, rundir
 from dcgan_jax.core import state as gan_state
@@ -21,33 +21,6 @@ from dcgan_jax.networks import models
 from dcgan_jax.util import errors
 
 NUM_DEVICES = 4
-
-
-def small_config(data_dir: str, **overrides):
-  """The digits preset shrunk to 16x16 and narrow widths: compiles fast."""
-  config = digits_config.get_config()
-  config.data_dir = data_dir
-  config.image_size = 16
-  config.model.g_width = 32
-  config.model.d_width = 8
-  config.global_batch_size = 16
-  config.num_train_steps = 6
-  config.log_every_steps = 2
-  config.sample_every_steps = 3
-  config.checkpoint_every_steps = 3
-  config.num_sample_images = 4
-  for key, value in overrides.items():
-    target = config
-    *path, leaf = key.split('.')
-    for name in path:
-      target = target[name]
-    target[leaf] = value
-  return config
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 def p_step(hyper):
@@ -274,26 +247,6 @@ def test_step_matches_textbook_reference(data_dir, num_devices):
     np.testing.assert_allclose(
       x, y, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path)
     )
-
-
-def logged_metrics(workdir) -> dict[tuple[int, str], bytes]:
-  """The training scalars in a workdir's TensorBoard events, as raw bytes."""
-  import tensorflow as tf
-
-  names = set(step_lib.TrainMetrics.__annotations__)
-  found = {}
-  for name in os.listdir(workdir):
-    if name.startswith('events.out'):
-      for event in tf.compat.v1.train.summary_iterator(str(workdir / name)):
-        for value in event.summary.value:
-          if value.tag in names:
-            found[(event.step, value.tag)] = value.tensor.SerializeToString()
-  return found
-
-
-def checkpoint_leaves(workdir):
-  config = rundir.load_config(workdir)
-  return jax.tree.leaves(rundir.restore_latest(workdir, config))
 
 
 def test_same_seed_same_state_and_resume_matches(data_dir, tmp_path):

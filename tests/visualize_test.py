@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from digits_run import NUM_STEPS, SAMPLE_EVERY_STEPS
 from PIL import Image
+from runs import NUM_STEPS, SAMPLE_EVERY_STEPS
 
 from dcgan_jax import visualize
 from dcgan_jax.core import generate

@@ -1,4 +1,4 @@
-"""XLA:CPU's kernel choice (dcgan_jax/xla_cpu.py) takes effect, and yields."""
+"""XLA:CPU's kernel choice (dcgan_jax/util/xla_cpu.py) takes effect, and yields."""
 
 import os
 import subprocess

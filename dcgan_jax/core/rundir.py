@@ -14,6 +14,7 @@ through `prepare`, `record_launch` and `checkpoint_manager`.
 import dataclasses
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -32,22 +33,27 @@ SAMPLES_DIR = 'samples'
 EVAL_DIR = 'eval'
 
 
-def seed_members(
-  config: ml_collections.ConfigDict, workdir: str
-) -> list[tuple[ml_collections.ConfigDict, str]]:
-  """(config, workdir) of every GAN a launch trains.
+class Member(NamedTuple):
+  """One GAN of a launch: its own config (its seed) and run directory."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+
+
+def seed_members(config: ml_collections.ConfigDict, workdir: str) -> list[Member]:
+  """Every GAN a launch trains.
 
   One seed: the run itself. `num_seeds=K > 1`: seeds seed, ..., seed + K - 1,
   each in WORKDIR/seed_<s> with its own config (`seed=s`, `num_seeds=1`), so
   each member directory is exactly the workdir of a single-seed run.
   """
   if config.get('num_seeds', 1) == 1:
-    return [(config, workdir)]
+    return [Member(config, workdir)]
   members = []
   for k in range(config.num_seeds):
     member = config.copy_and_resolve_references()
     member.seed, member.num_seeds = config.seed + k, 1
-    members.append((member, os.path.join(workdir, f'seed_{member.seed}')))
+    members.append(Member(member, os.path.join(workdir, f'seed_{member.seed}')))
   return members
 
 
@@ -88,8 +94,8 @@ def restore_latest(
   None if there is no checkpoint."""
   if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
     return None
-  with checkpoint_manager(workdir, read_only=True) as mngr:
-    step = mngr.latest_step() if step is None else step
+  with checkpoint_manager(workdir, read_only=True) as manager:
+    step = manager.latest_step() if step is None else step
     if step is None:
       return None
     # Host (numpy) arrays: every process reads the whole, replicated state.
@@ -98,14 +104,14 @@ def restore_latest(
       jax.eval_shape(lambda: initial_state(config)),
     )
     try:
-      return mngr.restore(step, args=ocp.args.StandardRestore(target))
+      return manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # Orbax raises many types; all mean "unreadable".
-      raise CheckpointError(_unreadable_message(mngr, step, e)) from e
+      raise CheckpointError(_unreadable_message(manager, step, e)) from e
 
 
-def _unreadable_message(mngr: ocp.CheckpointManager, step: int, error) -> str:
-  path = os.path.join(str(mngr.directory), str(step))
-  earlier = [s for s in mngr.all_steps() if s < step]
+def _unreadable_message(manager: ocp.CheckpointManager, step: int, error) -> str:
+  path = os.path.join(str(manager.directory), str(step))
+  earlier = [s for s in manager.all_steps() if s < step]
   reason = str(error).strip().splitlines()[0][:300] if str(error) else repr(error)
   if earlier:
     advice = (
@@ -128,7 +134,9 @@ def check_resume(
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     return
   old = load_config(workdir)
-  trained = [os.path.join(wd, CHECKPOINT_DIR) for _, wd in seed_members(old, workdir)]
+  trained = [
+    os.path.join(m.workdir, CHECKPOINT_DIR) for m in seed_members(old, workdir)
+  ]
   if not any(os.path.isdir(path) for path in trained):
     return  # Nothing trained yet: the new config simply starts over.
   changes = manifest.trajectory_changes(old, config)
@@ -217,14 +225,14 @@ def load_runs(workdir: str) -> list[Run]:
   cannot be read."""
   config = load_config(workdir)
   runs = []
-  for member_config, member_dir in seed_members(config, workdir):
-    state = restore_latest(member_dir, member_config)
+  for member in seed_members(config, workdir):
+    state = restore_latest(member.workdir, member.config)
     if state is None:
       raise FileNotFoundError(
-        f'No checkpoint under {os.path.join(member_dir, CHECKPOINT_DIR)}: train '
+        f'No checkpoint under {os.path.join(member.workdir, CHECKPOINT_DIR)}: train '
         f'first with `python launch.py --config=... --workdir={workdir}`.'
       )
-    runs.append(Run(member_dir, member_config, state))
+    runs.append(Run(member.workdir, member.config, state))
   return runs
 
 
@@ -234,7 +242,7 @@ def load_run(workdir: str) -> Run:
   names its members)."""
   config = load_config(workdir)
   if config.get('num_seeds', 1) > 1:
-    members = ', '.join(wd for _, wd in seed_members(config, workdir))
+    members = ', '.join(m.workdir for m in seed_members(config, workdir))
     raise FileNotFoundError(
       f'{workdir} holds {config.num_seeds} GANs (num_seeds); use --workdir '
       f'set to one of: {members}.'

@@ -60,7 +60,7 @@ class TrainMetrics(metrics.Collection):
 
 
 @dataclasses.dataclass(frozen=True)
-class StepConfig:
+class StepHyper:
   """What `train_step` needs besides state and data (hashable: static)."""
 
   generator: nn.Module
@@ -78,10 +78,10 @@ class StepConfig:
 
 def make_step_config(
   config: ml_collections.ConfigDict, *, bn_axis_name: str | None = 'batch'
-) -> StepConfig:
+) -> StepHyper:
   """The static half of `train_step` for a config (models, optimizers, ...)."""
   generator, discriminator, g_tx, d_tx = build(config, bn_axis_name=bn_axis_name)
-  return StepConfig(
+  return StepHyper(
     generator=generator,
     discriminator=discriminator,
     g_tx=g_tx,
@@ -142,7 +142,7 @@ def d_update(
   fake: jax.Array,
   dropout_keys: jax.Array,
   *,
-  hyper: StepConfig,
+  hyper: StepHyper,
   axis_name: str = 'batch',
 ) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
   """One Adam step of D on BCE(D(x), real_label) + BCE(D(fake), 0).
@@ -196,7 +196,7 @@ def g_update(
   g_batch_stats: PyTree,
   dropout_key: jax.Array,
   *,
-  hyper: StepConfig,
+  hyper: StepHyper,
   axis_name: str = 'batch',
 ) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
   """One Adam step of G on the non-saturating loss BCE(D(G(z)), 1).
@@ -239,7 +239,7 @@ def train_step(
   images: jax.Array,
   train_key: jax.Array,
   *,
-  hyper: StepConfig,
+  hyper: StepHyper,
   axis_name: str = 'batch',
 ) -> tuple[GANState, TrainMetrics]:
   """One D update on a real and a fake batch, then one G update.
@@ -285,7 +285,7 @@ def train_step(
   return state, TrainMetrics.single_from_model_output(**outputs)
 
 
-def make_ensemble_step(hyper: StepConfig, num_seeds: int, ensemble: str):
+def make_ensemble_step(hyper: StepHyper, num_seeds: int, ensemble: str):
   """train_step for K stacked GANs: (states, images, train_keys) -> (states, metrics).
 
   Every leaf has a leading seed axis of size K. 'unroll' traces the step K

@@ -1,0 +1,1 @@
+"""Training images: TFDS, the bundled digits, image folders and IDX files."""

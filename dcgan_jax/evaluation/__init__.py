@@ -1,0 +1,1 @@
+"""Scores of a trained generator and of its discriminator's features."""

@@ -22,7 +22,9 @@ from sklearn import calibration, datasets, svm
 # beside this checkout.
 MNIST_DIR = os.environ.get(
   'DCGAN_MNIST_DIR',
-  os.path.join(os.path.dirname(__file__), *[os.pardir] * 3, 'shared', 'data', 'mnist'),
+  os.path.normpath(
+    os.path.join(os.path.dirname(__file__), *[os.pardir] * 3, 'shared', 'data', 'mnist')
+  ),
 )
 
 

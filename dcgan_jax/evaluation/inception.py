@@ -13,7 +13,7 @@ last block's pool branch). One pass gives both the 2048-d `pool3` features
   out['logits']  # [N, 1008]
 
 `images` are the project's: [N, H, W, 1 or 3] floats in [-1, 1]. The weights
-are pytorch-fid's file, read without torch (see `dcgan_jax.pth_reader`).
+are pytorch-fid's file, read without torch (see `dcgan_jax.evaluation.pth_reader`).
 """
 
 from __future__ import annotations

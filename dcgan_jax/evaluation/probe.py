@@ -7,22 +7,8 @@ regularized linear L2-SVM classifier is trained on top". They report 82.8%
 on CIFAR-10 (D trained on ImageNet-1k) and 22.48% test error on SVHN with
 1000 labels.
 
-`discriminator_features` computes those features: the output of every
-convolution of D after its activation (BatchNorm with running averages +
-LeakyReLU), adaptively max-pooled to 4x4 (`adaptive_max_pool`), flattened
-and concatenated in layer order. Feature counts:
-
-  arch         image  layers (pooled)                       features
-  dcgan        16     8x8xw, 4x4x2w                          48 w
-  dcgan        32     16x16xw, 8x8x2w, 4x4x4w               112 w
-  dcgan        64     + 4x4x8w                              240 w
-  dcgan        128    + 4x4x16w                             496 w
-  tf_tutorial  28     14x14x64, 7x7x128                     3,072
-  conv28       28     14x14x128, 7x7x256 (not the logits)   6,144
-
-with w = model.d_width: 3,584 for configs/digits.py, 7,168 for
-configs/mnist_files.py, 14,336 for configs/cifar10.py and configs/svhn.py,
-28,672 for configs/imagenet32.py (the paper's count for its ImageNet D).
+`d_features.discriminator_features` computes those features (the module
+lists their counts per architecture).
 
 The probe (`run_probe`, presets in `PROBES`) standardises the features (fit
 on the labelled examples), picks C of a linear L2-SVM (sklearn's LinearSVC,

@@ -152,7 +152,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     except KeyError:
       raise pickle.UnpicklingError(
         f'refusing to load global {module}.{name}: only tensors, storages and '
-        'OrderedDict may appear in a state dict read by dcgan_jax.pth_reader'
+        'OrderedDict may appear in a state dict read by dcgan_jax.evaluation.pth_reader'
       ) from None
 
   def persistent_load(self, pid: Any) -> Any:

@@ -1,0 +1,1 @@
+"""The generators and discriminators (Flax linen) and their kernels."""

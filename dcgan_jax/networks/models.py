@@ -52,7 +52,7 @@ class LayerSettings:
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
   leaky_slope: float = 0.2
-  # 'phases': stride-2 layers from `dcgan_jax.strided` (fast on CPU);
+  # 'phases': stride-2 layers from `dcgan_jax.networks.strided` (fast on CPU);
   # 'xla': nn.Conv / nn.ConvTranspose. Same parameters, same function.
   conv_impl: str = 'phases'
   # Dtype of the convolutions and matrix products ('bfloat16': mixed
@@ -435,43 +435,43 @@ def _check_choice(what: str, value: Any, valid: tuple[Any, ...]) -> None:
     raise ValueError(f'{what}={value!r} is not supported; use one of {valid}.')
 
 
-def _check_dcgan(cfg: ml_collections.ConfigDict, image_size: int) -> None:
+def _check_dcgan(model_config: ml_collections.ConfigDict, image_size: int) -> None:
   """Validates the 'dcgan' keys; messages say which key to change and how."""
   if image_size not in DCGAN_IMAGE_SIZES:
     raise ValueError(
       f"image_size={image_size} is not supported by arch='dcgan': use a power "
       f'of two in {DCGAN_IMAGE_SIZES}, or arch tf_tutorial/conv28 for 28x28.'
     )
-  _check_choice('model.kernel_size', cfg.kernel_size, KERNEL_SIZES)
-  _check_choice('model.upsample', cfg.upsample, UPSAMPLES)
-  _check_choice('model.resize_method', cfg.resize_method, RESIZE_METHODS)
+  _check_choice('model.kernel_size', model_config.kernel_size, KERNEL_SIZES)
+  _check_choice('model.upsample', model_config.upsample, UPSAMPLES)
+  _check_choice('model.resize_method', model_config.resize_method, RESIZE_METHODS)
   n = _num_doublings(image_size)
-  if cfg.g_width // 2 ** (n - 1) < 1:
+  if model_config.g_width // 2 ** (n - 1) < 1:
     raise ValueError(
-      f'model.g_width={cfg.g_width} is halved {n - 1} times at image_size='
+      f'model.g_width={model_config.g_width} is halved {n - 1} times at image_size='
       f'{image_size} and would reach 0 channels; use g_width >= {2 ** (n - 1)}.'
     )
-  if cfg.d_width < 1:
-    raise ValueError(f'model.d_width={cfg.d_width} must be >= 1.')
+  if model_config.d_width < 1:
+    raise ValueError(f'model.d_width={model_config.d_width} must be >= 1.')
 
 
 def _check_config(
-  cfg: ml_collections.ConfigDict, image_size: int, num_channels: int
+  model_config: ml_collections.ConfigDict, image_size: int, num_channels: int
 ) -> None:
   """Raises ValueError for combinations no architecture supports."""
-  _check_choice('model.arch', cfg.arch, ARCHS)
+  _check_choice('model.arch', model_config.arch, ARCHS)
   _check_choice(
-    'model.compute_dtype', cfg.get('compute_dtype', 'float32'), COMPUTE_DTYPES
+    'model.compute_dtype', model_config.get('compute_dtype', 'float32'), COMPUTE_DTYPES
   )
   _check_choice('num_channels', num_channels, NUM_CHANNELS)
-  if cfg.arch == 'dcgan':
-    _check_dcgan(cfg, image_size)
-  elif cfg.arch in ('tf_tutorial', 'conv28') and image_size != 28:
+  if model_config.arch == 'dcgan':
+    _check_dcgan(model_config, image_size)
+  elif model_config.arch in ('tf_tutorial', 'conv28') and image_size != 28:
     raise ValueError(
-      f'arch={cfg.arch!r} only makes 28x28 images, got image_size={image_size}; '
+      f'arch={model_config.arch!r} only makes 28x28 images, got image_size={image_size}; '
       "set image_size=28 or use arch='dcgan' (16..128) or 'mlp'."
     )
-  elif cfg.arch == 'mlp' and image_size < 8:
+  elif model_config.arch == 'mlp' and image_size < 8:
     raise ValueError(f"arch='mlp' needs image_size >= 8, got {image_size}.")
 
 
@@ -497,43 +497,47 @@ def create_models(
   `g_batchnorm` / `d_batchnorm` apply to every arch that has BatchNorm
   ('dcgan', and 'tf_tutorial' / 'conv28' too); 'mlp' has none.
   """
-  cfg = model_config
-  _check_config(cfg, image_size, num_channels)
+  model_config = model_config
+  _check_config(model_config, image_size, num_channels)
   lyr = LayerSettings(
-    init_std=cfg.init_std,
-    bn_momentum=cfg.bn_momentum,
-    bn_epsilon=cfg.bn_epsilon,
+    init_std=model_config.init_std,
+    bn_momentum=model_config.bn_momentum,
+    bn_epsilon=model_config.bn_epsilon,
     bn_axis_name=bn_axis_name,
-    leaky_slope=cfg.leaky_slope,
+    leaky_slope=model_config.leaky_slope,
     # .get: workdirs written before these keys existed still load.
-    conv_impl=resolve_conv_impl(cfg.get('conv_impl', 'auto')),
-    dtype=jnp.dtype(cfg.get('compute_dtype', 'float32')),
+    conv_impl=resolve_conv_impl(model_config.get('conv_impl', 'auto')),
+    dtype=jnp.dtype(model_config.get('compute_dtype', 'float32')),
   )
-  g_bn, d_bn, c = cfg.g_batchnorm, cfg.d_batchnorm, num_channels
-  if cfg.arch == 'dcgan':
-    conv = dict(image_size=image_size, num_channels=c, kernel_size=cfg.kernel_size)
+  g_bn, d_bn, c = model_config.g_batchnorm, model_config.d_batchnorm, num_channels
+  if model_config.arch == 'dcgan':
+    conv = dict(
+      image_size=image_size, num_channels=c, kernel_size=model_config.kernel_size
+    )
     return (
       DCGANGenerator(
         lyr,
-        width=cfg.g_width,
-        upsample=cfg.upsample,
-        resize_method=cfg.resize_method,
+        width=model_config.g_width,
+        upsample=model_config.upsample,
+        resize_method=model_config.resize_method,
         batchnorm=g_bn,
         **conv,
       ),
-      DCGANDiscriminator(lyr, width=cfg.d_width, batchnorm=d_bn, **conv),
+      DCGANDiscriminator(lyr, width=model_config.d_width, batchnorm=d_bn, **conv),
     )
-  if cfg.arch == 'tf_tutorial':
+  if model_config.arch == 'tf_tutorial':
     return (
       TFTutorialGenerator(lyr, num_channels=c, batchnorm=g_bn),
-      TFTutorialDiscriminator(lyr, num_channels=c, dropout_rate=cfg.dropout_rate),
+      TFTutorialDiscriminator(
+        lyr, num_channels=c, dropout_rate=model_config.dropout_rate
+      ),
     )
-  if cfg.arch == 'conv28':
+  if model_config.arch == 'conv28':
     return (
       Conv28Generator(lyr, num_channels=c, batchnorm=g_bn),
       Conv28Discriminator(lyr, num_channels=c, batchnorm=d_bn),
     )
-  mlp = dict(image_size=image_size, num_channels=c, hidden=cfg.mlp_hidden)
+  mlp = dict(image_size=image_size, num_channels=c, hidden=model_config.mlp_hidden)
   return MLPGenerator(lyr, **mlp), MLPDiscriminator(lyr, **mlp)
 
 

@@ -1,0 +1,1 @@
+"""Files, figures, errors and CPU kernel settings, for every layer."""
