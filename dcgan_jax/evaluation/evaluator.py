@@ -372,7 +372,7 @@ def memorization_metrics(
     seed=seed,
     **features,
   )
-  metrics, figures = {}, {}
+  metrics, pictures = {}, {}
   for space in ('pixels', 'dfeatures'):
     if space not in result:
       continue
@@ -382,9 +382,9 @@ def memorization_metrics(
     ]
     metrics[f'memorization_{space}_exact_copies'] = part['num_exact_copies']
     metrics[f'memorization_{space}_median_ratio'] = part['median_ratio']
-    figures[f'memorization_neighbours_{space}'] = part['neighbours_png']
-    figures[f'memorization_distances_{space}'] = part['distances_png']
-  return metrics, {**result, 'figures': figures}
+    pictures[f'memorization_neighbours_{space}'] = part['neighbours_png']
+    pictures[f'memorization_distances_{space}'] = part['distances_png']
+  return metrics, {**result, 'figures': pictures}
 
 
 def _check_metrics(metrics: Sequence[str]) -> None:
@@ -466,7 +466,7 @@ def evaluate_generator(
   if real_images is None:
     real_images = loader.load_data(config, workdir)
   g_variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-  per_seed, details, figures = [], {}, {}
+  per_seed, details, pictures = [], {}, {}
   sample_fn = generate.generator_fn(config, g_variables)
   for seed in seeds:
     images = generate.images(sample_fn, generate.eval_z(config, num_samples, seed))
@@ -483,8 +483,8 @@ def evaluate_generator(
     per_seed.append(values)
     if seed == seeds[0]:
       first_images = images[:MEMORIZATION_SAMPLES]
-    if 'classifier' in metrics and not figures and jax.process_index() == 0:
-      figures['class_coverage'] = figures.coverage_png(
+    if 'classifier' in metrics and not pictures and jax.process_index() == 0:
+      pictures['class_coverage'] = figures.coverage_png(
         os.path.join(workdir, EVAL_DIR, f'class_coverage_step_{step}.png'),
         values['class_fractions'],
         title=f'step {step}: share of {num_samples} samples per class',
@@ -496,7 +496,7 @@ def evaluate_generator(
       workdir, config, state, first_images, real_images, seed=seeds[0]
     )
     values.update(v)
-    figures.update(details['memorization'].pop('figures'))
+    pictures.update(details['memorization'].pop('figures'))
   report = {
     'step': step,
     'num_samples': num_samples,
@@ -507,7 +507,7 @@ def evaluate_generator(
     'metrics': values,
     'descriptions': {k: DESCRIPTIONS[k] for k in values},
     'details': details,
-    'figures': figures,
+    'figures': pictures,
   }
   if skipped:
     report['skipped'] = skipped
