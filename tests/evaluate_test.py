@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from runs import NUM_STEPS, tiny_config
 
-from dcgan_jax import evaluate, train
+from dcgan_jax import train
 from dcgan_jax.core import config_checks, generate, rundir
 from dcgan_jax.core import state as gan_state
 from dcgan_jax.data import loader
@@ -313,7 +313,7 @@ def test_missing_inception_weights_fail_before_sampling(workdir, tmp_path, monke
   def no_sampling(*args, **kwargs):
     raise AssertionError('sampled before checking the weights')
 
-  monkeypatch.setattr(evaluate, 'generate_samples', no_sampling)
+  monkeypatch.setattr(evaluator.generate, 'images', no_sampling)
   with pytest.raises(FileNotFoundError, match='FID Inception weights not found'):
     evaluator.evaluate(
       workdir,

@@ -54,7 +54,7 @@ from dcgan_jax.evaluation import (
   label_classifier,
   memorization,
 )
-from dcgan_jax.util import files
+from dcgan_jax.util import figures, files
 
 METRICS = config_checks.EVAL_METRICS
 EVAL_DIR = rundir.EVAL_DIR
