@@ -39,6 +39,7 @@ import os
 from collections.abc import Sequence
 
 from dcgan_jax import cli
+from dcgan_jax.core import rundir
 from dcgan_jax.evaluation import evaluator
 
 COMMAND = cli.Command('evaluate', __doc__)
@@ -74,7 +75,7 @@ def _evaluate(args) -> None:
   )
   print(evaluator.summary(report))
   print(
-    f'Report: {os.path.join(args.workdir, evaluator.EVAL_DIR)}/report_step_{report["step"]}.json'
+    f'Report: {os.path.join(args.workdir, rundir.EVAL_DIR)}/report_step_{report["step"]}.json'
   )
 
 

@@ -57,8 +57,7 @@ from dcgan_jax.evaluation import (
 from dcgan_jax.util import figures, files
 
 METRICS = config_checks.EVAL_METRICS
-EVAL_DIR = rundir.EVAL_DIR
-CLASSIFIER_DIR = os.path.join(EVAL_DIR, 'classifier')
+CLASSIFIER_DIR = os.path.join(rundir.EVAL_DIR, 'classifier')
 DEFAULT_TRAINING = label_classifier.ClassifierTraining()
 # A class is "missing" when it gets less than this share of the uniform 1/K.
 MISSING_CLASS_SHARE = 0.1
@@ -253,7 +252,7 @@ def inception_metrics(
   apply = functools.partial(_apply_inception, module)
   weights_name = os.path.basename(weights or inception.default_weights_path())
   fingerprint = f'{_data_fingerprint(config, len(real_images))} {weights_name} pool3'
-  path = os.path.join(workdir, EVAL_DIR, 'inception_real.npz')
+  path = os.path.join(workdir, rundir.EVAL_DIR, 'inception_real.npz')
   real = _load_inception_reference(path, fingerprint)
   cached = real is not None
   if real is None:
@@ -367,7 +366,7 @@ def memorization_metrics(
   result = memorization.memorization_report(
     samples,
     real_images,
-    out_dir=os.path.join(workdir, EVAL_DIR),
+    out_dir=os.path.join(workdir, rundir.EVAL_DIR),
     prefix=f'memorization_step_{step}',
     seed=seed,
     **features,
@@ -485,7 +484,7 @@ def evaluate_generator(
       first_images = images[:MEMORIZATION_SAMPLES]
     if 'classifier' in metrics and not pictures and jax.process_index() == 0:
       pictures['class_coverage'] = figures.coverage_png(
-        os.path.join(workdir, EVAL_DIR, f'class_coverage_step_{step}.png'),
+        os.path.join(workdir, rundir.EVAL_DIR, f'class_coverage_step_{step}.png'),
         values['class_fractions'],
         title=f'step {step}: share of {num_samples} samples per class',
         missing_share=MISSING_CLASS_SHARE,
@@ -611,7 +610,7 @@ def evaluate(
     'descriptions': reports[0]['descriptions'],
     **({'skipped': skipped} if skipped else {}),
     'member_reports': [
-      os.path.join(run.workdir, EVAL_DIR, f'report_step_{r["step"]}.json')
+      os.path.join(run.workdir, rundir.EVAL_DIR, f'report_step_{r["step"]}.json')
       for r, run in zip(reports, runs, strict=True)
     ],
     'seconds': round(sum(r['seconds'] for r in reports), 2),
@@ -623,7 +622,7 @@ def evaluate(
 def write_report(workdir: str, report: dict[str, Any]) -> str:
   """Writes the JSON report atomically and the scalars (and their spread,
   as '<name>_std') to TensorBoard in W/eval; only process 0 writes."""
-  directory = os.path.join(workdir, EVAL_DIR)
+  directory = os.path.join(workdir, rundir.EVAL_DIR)
   path = os.path.join(directory, f'report_step_{report["step"]}.json')
   if jax.process_index() != 0:
     return path

@@ -51,7 +51,6 @@ from dcgan_jax.data import input_pipeline
 from dcgan_jax.evaluation import d_features, digits_svm
 from dcgan_jax.util import files
 
-EVAL_DIR = rundir.EVAL_DIR
 VALIDATIONS = ('cv', 'holdout', 'rest')
 # The representations compared, in report order.
 REPRESENTATIONS = {
@@ -598,7 +597,7 @@ def run_probe(
 def report_path(workdir: str, report: dict[str, Any]) -> str:
   """W/eval/probe_<variant>_step_<step>.json."""
   name = f'probe_{report["variant"]}_step_{report["step"]}.json'
-  return os.path.join(workdir, EVAL_DIR, name)
+  return os.path.join(workdir, rundir.EVAL_DIR, name)
 
 
 def write_report(workdir: str, report: dict[str, Any]) -> str:
