@@ -7,10 +7,14 @@ import tempfile
 
 import pytest
 
-# Must happen before jax is imported anywhere.
-os.environ['XLA_FLAGS'] = (
-  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
-).strip()
+# Once per test session, before jax is imported anywhere: pytest-xdist's
+# workers inherit the controller's environment.
+_SESSION = 'DCGAN_JAX_TEST_SESSION'
+if _SESSION not in os.environ:
+  os.environ[_SESSION] = tempfile.mkdtemp(prefix='dcgan_jax_tests_xla_cache_')
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
+  ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
@@ -22,16 +26,18 @@ xla_cpu.use_project_kernels()
 
 # A persistent compilation cache private to this test session: many tests
 # build the same programs (the small digits train step above all), in this
-# process and in the `launch.py` subprocesses that inherit the variable.
-# Each program is still compiled from scratch once per session; later
-# requests for it load that executable instead of compiling it again.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix='dcgan_jax_tests_xla_cache_')
+# process, in the other test workers and in the `launch.py` subprocesses
+# that inherit the variable. Each program is still compiled from scratch
+# once per session; later requests for it load that executable instead of
+# compiling it again.
+_COMPILATION_CACHE = os.environ[_SESSION]
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 
 
 def pytest_sessionfinish(session, exitstatus):
-  shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
+  if not hasattr(session.config, 'workerinput'):  # The controller, last.
+    shutil.rmtree(_COMPILATION_CACHE, ignore_errors=True)
 
 
 _MAX_MAPPINGS = 16384

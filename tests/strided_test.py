@@ -224,28 +224,33 @@ def test_bfloat16_compute_keeps_float32_state(conv_impl):
       assert leaf.dtype in (jnp.float32, jnp.int32), dtype
     g, d = models.create_models(config.model, image_size=16, num_channels=3)
     z = models.sample_z(jax.random.key(0), 8, config.model.z_dim, 'uniform')
-    fake, g_stats = g.apply(
-      {'params': state.g_params, 'batch_stats': state.g_batch_stats},
-      z,
-      train=True,
-      mutable=['batch_stats'],
-    )
-    logits, d_stats = d.apply(
-      {'params': state.d_params, 'batch_stats': state.d_batch_stats},
-      fake,
-      train=True,
-      mutable=['batch_stats'],
-    )
 
-    def d_mean(params, d=d, stats=state.d_batch_stats, images=fake):
-      return d.apply(
-        {'params': params, 'batch_stats': stats},
-        images,
+    @jax.jit  # One program: op-by-op bfloat16 on CPU is slow.
+    def forward_and_d_grads(state, g=g, d=d, z=z):
+      fake, g_stats = g.apply(
+        {'params': state.g_params, 'batch_stats': state.g_batch_stats},
+        z,
         train=True,
         mutable=['batch_stats'],
-      )[0].mean()
+      )
+      logits, d_stats = d.apply(
+        {'params': state.d_params, 'batch_stats': state.d_batch_stats},
+        fake,
+        train=True,
+        mutable=['batch_stats'],
+      )
 
-    grads = jax.grad(d_mean)(state.d_params)
+      def d_mean(params):
+        return d.apply(
+          {'params': params, 'batch_stats': state.d_batch_stats},
+          fake,
+          train=True,
+          mutable=['batch_stats'],
+        )[0].mean()
+
+      return fake, g_stats, logits, d_stats, jax.grad(d_mean)(state.d_params)
+
+    fake, g_stats, logits, d_stats, grads = forward_and_d_grads(state)
     assert fake.dtype == logits.dtype == jnp.float32
     for leaf in jax.tree.leaves((g_stats, d_stats, grads)):
       assert leaf.dtype == jnp.float32
