@@ -7,8 +7,10 @@
   WORKDIR/eval/               evaluation reports, caches and figures
   WORKDIR/seed_<s>/           with num_seeds = K > 1: one such run per GAN
 
-Every tool reads a workdir through `load_run`; the trainer writes it
-through `prepare`, `record_launch` and `checkpoint_manager`.
+(and, by default, WORKDIR/visualize/ and WORKDIR/export/ of those
+commands). Every tool reads a workdir through `load_run` or `load_runs`;
+the trainer writes it through `make_workdir`, `record_launch` and
+`checkpoint_manager`, and `check_resume` guards a relaunch.
 """
 
 import dataclasses
