@@ -18,9 +18,10 @@ from absl import flags
 from dcgan_jax.util.errors import CheckpointError
 
 # What a command reports in one line rather than as a traceback: bad input
-# (values, files, workdirs) and unreadable checkpoints. ConfigError is a
-# ValueError.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError)
+# (values; ConfigError is a ValueError), files and directories it cannot read
+# or write (OSError: missing, not a directory, a directory where a file
+# goes, no permission, disk full) and unreadable checkpoints.
+USER_ERRORS = (ValueError, OSError, CheckpointError)
 
 
 def fail(message: str) -> NoReturn:

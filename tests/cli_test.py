@@ -96,3 +96,16 @@ def test_library_errors_become_one_line_and_others_propagate():
 
   with pytest.raises(KeyError):  # A traceback: not the user's fault.
     command.run(bug, [])
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tiny_digits_workdir, tmp_path):
+  from dcgan_jax import sample
+
+  taken = tmp_path / 'grid.png'
+  taken.mkdir()  # A directory where the PNG should go.
+  with pytest.raises(SystemExit) as exit_info:
+    sample.main([f'--workdir={tiny_digits_workdir}', f'--output={taken}'])
+  message = str(exit_info.value.code)
+  assert message.startswith('Error: ') and 'Is a directory' in message, message
+  assert taken.is_dir() and not list(taken.iterdir())  # Left as it was.
+  assert not [p for p in tmp_path.iterdir() if '.tmp-' in p.name]

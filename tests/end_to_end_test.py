@@ -149,8 +149,7 @@ def test_folder_preset_learns_a_folder_of_mnist_pngs(tmp_path, tmp_path_factory)
   # samples at 8x8. The check: every class drawn, none above 25%, mean
   # confidence >= 0.8. Measured at 16x16 with widths 64 and 16: confidence
   # 0.872 after 500 steps and 0.871 after 1,000, each class 2.4-18.3% of the
-  # samples after 500 and 5.3-15.8% after 1,000 (at 32x32 with widths 128
-  # and 32: 0.87-0.88, 2-17% after 1,000).
+  # samples after 500 and 5.3-15.8% after 1,000.
   config.image_size = 16
   config.model.g_width = 64
   config.model.d_width = 16
