@@ -6,6 +6,12 @@
 
 Pointing --workdir at an existing run resumes it from its latest checkpoint.
 Override any config key with --config.KEY=VALUE (unknown keys are errors).
+
+Several hosts run the same command. In a cluster that JAX's
+`jax.distributed.initialize()` detects by itself (a Cloud TPU slice, SLURM,
+Open MPI, Kubernetes) no more flags are needed: with more than one process
+it joins them. Elsewhere give every process --coordinator_address,
+--num_processes and its own --process_id. One host needs none of them.
 """
 
 import logging as std_logging
@@ -34,11 +40,18 @@ flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs and samples.
 flags.DEFINE_string(
   'coordinator_address',
   None,
-  'host:port of process 0, for multi-process runs outside managed clusters '
-  '(Cloud TPU, SLURM and Open MPI are detected automatically).',
+  'host:port of process 0, for a multi-process run that JAX cannot detect by '
+  'itself; with --num_processes and --process_id (all three or none). '
+  'Without them, a cluster that jax.distributed.initialize() detects (Cloud '
+  'TPU, SLURM, Open MPI, Kubernetes) is joined when it runs several '
+  'processes; with none detected, this process trains alone.',
 )
-flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
-flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+flags.DEFINE_integer(
+  'num_processes', None, 'With --coordinator_address: how many processes.'
+)
+flags.DEFINE_integer(
+  'process_id', None, 'With --coordinator_address: this one, in [0, num_processes).'
+)
 flags.DEFINE_bool(
   'allow_config_change',
   False,
@@ -46,9 +59,6 @@ flags.DEFINE_bool(
   'the data set) changed since it was started.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# Environment variables that mean "one of several hosts".
-_MULTIHOST_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -61,17 +71,94 @@ class _QuietLibraries(std_logging.Filter):
     )
 
 
+_COORDINATOR_FLAGS = ('--coordinator_address', '--num_processes', '--process_id')
+
+
 def _maybe_initialize_distributed() -> None:
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(
-      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
+  """Joins the other processes, if any: from the flags or the cluster."""
+  given = (FLAGS.coordinator_address or None, FLAGS.num_processes, FLAGS.process_id)
+  if given == (None, None, None):
+    _join_detected_cluster()
     return
-  for name in _MULTIHOST_ENV:
-    value = os.environ.get(name, '')
-    if ',' in value or (value.isdigit() and int(value) > 1):
-      jax.distributed.initialize()  # Cluster parameters are auto-detected.
-      return
+  address, num_processes, process_id = given
+  missing = [
+    name for name, v in zip(_COORDINATOR_FLAGS, given, strict=True) if v is None
+  ]
+  if missing:
+    raise errors.ConfigError(
+      f'Give {" and ".join(missing)} too: --coordinator_address, '
+      '--num_processes and --process_id go together (or drop all three in '
+      'a cluster that JAX detects, or on one host).'
+    )
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise errors.ConfigError(
+      f'--coordinator_address={address} must be host:port (of process 0).'
+    )
+  if num_processes < 1:
+    raise errors.ConfigError(f'--num_processes={num_processes} must be at least 1.')
+  if not 0 <= process_id < num_processes:
+    raise errors.ConfigError(
+      f'--process_id={process_id} must be in [0, {num_processes - 1}] '
+      f'(--num_processes={num_processes}).'
+    )
+  jax.distributed.initialize(address, num_processes, process_id)
+
+
+def _join_detected_cluster() -> None:
+  """`jax.distributed.initialize()` where JAX detects several processes."""
+  environments = _jax_cluster_environments()
+  if environments is None:  # Unknown JAX internals: initialize() decides.
+    try:
+      jax.distributed.initialize()
+    except ValueError as e:
+      if 'coordinator_address' not in str(e):  # It found a cluster, but a bad one.
+        raise _cluster_error('a cluster', e) from e
+      logging.info('No cluster detected: one process.')
+    return
+  cluster = next((env for env in environments if env.is_env_present()), None)
+  if cluster is None:
+    return  # One host.
+  name = f'a {getattr(cluster, "name", "") or cluster.__name__} cluster'
+  try:
+    num_processes = cluster.get_process_count()
+  except (KeyError, ValueError) as e:
+    raise _cluster_error(name, e) from e
+  if num_processes == 1:
+    logging.info('JAX detected %s of one process: no jax.distributed.', name)
+    return
+  try:
+    jax.distributed.initialize()  # Parameters from the same detection.
+  except (KeyError, TypeError, ValueError) as e:
+    raise _cluster_error(name, e) from e
+
+
+def _jax_cluster_environments() -> list[type] | None:
+  """The cluster environments `jax.distributed.initialize()` tries, in its
+  order, or None where this JAX does not have them where expected.
+
+  JAX answers "is there a cluster, of how many processes?" only inside
+  initialize() (which raises ValueError on a single host); this function is
+  the one place that reads its private registry, jax._src.clusters (as of
+  JAX 0.10). Each entry has is_env_present() and get_process_count().
+  """
+  try:
+    from jax._src import clusters
+
+    environments = list(clusters.ClusterEnv._cluster_types)
+  except (ImportError, AttributeError):
+    return None
+  # Opt-in ones (mpi4py) run only when asked for by name; initialize() skips them.
+  return [env for env in environments if not getattr(env, 'opt_in_only_method', False)]
+
+
+def _cluster_error(name: str, error: Exception) -> errors.ConfigError:
+  message = ' '.join(str(error).split()).rstrip('.') or type(error).__name__
+  return errors.ConfigError(
+    f'JAX detected {name} but cannot join it: {message}. Fix the '
+    "cluster's environment variables, or pass --coordinator_address, "
+    '--num_processes and --process_id.'
+  )
 
 
 def main(argv):
@@ -84,16 +171,16 @@ def main(argv):
     ).strip()
   # TensorFlow only feeds data: keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
-  _maybe_initialize_distributed()
-  logging.info(
-    'JAX process %d/%d, %d local / %d global %s devices.',
-    jax.process_index(),
-    jax.process_count(),
-    jax.local_device_count(),
-    jax.device_count(),
-    jax.default_backend(),
-  )
   try:
+    _maybe_initialize_distributed()
+    logging.info(
+      'JAX process %d/%d, %d local / %d global %s devices.',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+      jax.default_backend(),
+    )
     train.train_and_evaluate(
       FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
     )

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from absl import flags
 
+from dcgan_jax.util import files
 from dcgan_jax.util.errors import CheckpointError
 
 # What a command reports in one line rather than as a traceback: bad input
@@ -40,6 +41,7 @@ class Command:
     self.flags = flags.FlagValues()
     self._order: list[str] = []
     self._required: set[str] = set()
+    self._paths: set[str] = set()
 
   def _define(self, define: Callable[..., Any], name: str, *args, **kwargs) -> None:
     define(name, *args, flag_values=self.flags, **kwargs)
@@ -47,6 +49,12 @@ class Command:
 
   def string(self, name: str, default: str | None, help: str, **kwargs) -> None:
     self._define(flags.DEFINE_string, name, default, help, **kwargs)
+
+  def path(self, name: str, default: str | None, help: str) -> None:
+    """A local path or a URL (`gs://...`); a scheme the file layer cannot
+    serve is an error before the command runs."""
+    self.string(name, default, help + ' A local path or a gs:// URL.')
+    self._paths.add(name)
 
   def integer(self, name: str, default: int | None, help: str, **kwargs) -> None:
     self._define(flags.DEFINE_integer, name, default, help, **kwargs)
@@ -116,6 +124,12 @@ class Command:
     ]
     if missing:
       fail(', '.join(f'--{n}' for n in missing) + ' must be given.')
+    for name in self._order:
+      if name in self._paths and self.flags[name].value is not None:
+        try:
+          files.check(self.flags[name].value, f'--{name}')
+        except ValueError as e:
+          fail(str(e))
     return self.flags, subcommand
 
   def run(self, body: Callable[..., None], argv: Sequence[str]):

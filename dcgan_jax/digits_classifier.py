@@ -11,24 +11,23 @@ import numpy as np
 
 from dcgan_jax import cli
 from dcgan_jax.evaluation import digits_svm
+from dcgan_jax.util import files
 
 COMMAND = cli.Command('digits_classifier', __doc__)
-COMMAND.string('samples', None, '.npz with `images` (python -m dcgan_jax.sample).')
+COMMAND.path('samples', None, '.npz with `images` (python -m dcgan_jax.sample).')
 COMMAND.enum(
   'reference',
   'digits',
   ('digits', 'mnist'),
   "Real digits the SVM is fit on: scikit-learn's, or the MNIST files.",
 )
-COMMAND.string(
-  'mnist_dir', digits_svm.MNIST_DIR, 'MNIST IDX files (--reference=mnist).'
-)
+COMMAND.path('mnist_dir', digits_svm.MNIST_DIR, 'MNIST IDX files (--reference=mnist).')
 COMMAND.required('samples')
 
 
 def _classify(args) -> None:
   try:
-    with np.load(args.samples) as data:
+    with files.open(args.samples, 'rb') as f, np.load(f) as data:
       images = data['images']
   except (OSError, KeyError, ValueError) as e:
     raise ValueError(

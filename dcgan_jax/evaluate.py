@@ -43,14 +43,14 @@ from dcgan_jax.core import rundir
 from dcgan_jax.evaluation import evaluator
 
 COMMAND = cli.Command('evaluate', __doc__)
-COMMAND.string('workdir', None, 'Training workdir (one GAN or several).')
+COMMAND.path('workdir', None, 'Training workdir (one GAN or several).')
 COMMAND.integer('num_samples', 10_000, 'Samples scored per z seed.', lower_bound=10)
 COMMAND.string(
   'metrics',
   'auto',
   f"Comma-separated, of {list(evaluator.METRICS)}; 'auto': all that can run here.",
 )
-COMMAND.string(
+COMMAND.path(
   'inception_weights', None, "pytorch-fid's .pth file (default: see README)."
 )
 COMMAND.integer('seed', 0, 'Seed of the first set of z.')

@@ -27,10 +27,7 @@ install jax flatbuffers`; not dcgan_jax, flax or TensorFlow):
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +39,7 @@ from jax import export as jax_export
 from dcgan_jax import cli
 from dcgan_jax.core import generate, rundir
 from dcgan_jax.networks import models
+from dcgan_jax.util import files
 
 EXPORT_FILE = 'generator.jaxexport'
 SIGNATURE_FILE = 'signature.json'
@@ -50,6 +48,7 @@ SIGNATURE_FILE = 'signature.json'
 # jax does not require it).
 LOAD_REQUIRES = (f'jax>={jax.__version__}', 'flatbuffers')
 CONFIG_FILE = 'config.json'
+ARTEFACT_FILES = (EXPORT_FILE, SIGNATURE_FILE, CONFIG_FILE)
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 
@@ -118,32 +117,36 @@ def write_artefact(
   exported: jax_export.Exported,
   step: int,
 ) -> None:
-  """Writes OUTPUT/{generator.jaxexport, signature.json, config.json}.
+  """Writes OUTPUT/{generator.jaxexport, config.json, signature.json}.
 
-  The files are written into a temporary sibling directory which then
-  replaces OUTPUT, so a crash never leaves a half-written artefact there.
+  Each file is written atomically, the signature (with the generator's
+  SHA-256) last, so a crash leaves at worst an old signature that does not
+  match the new generator, never a half-written file. Nothing else is
+  touched: an OUTPUT holding other files is refused, not replaced.
   """
-  output = os.path.abspath(output)
-  parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(output)}.tmp-')
-  try:
-    with open(os.path.join(tmp, EXPORT_FILE), 'wb') as f:
-      f.write(exported.serialize())
-    with open(os.path.join(tmp, SIGNATURE_FILE), 'w') as f:
-      json.dump(signature(config, exported, step), f, indent=2)
-    with open(os.path.join(tmp, CONFIG_FILE), 'w') as f:
-      f.write(config.to_json(indent=2, sort_keys=True))
-    if os.path.isdir(output):
-      old = f'{tmp}-old'
-      os.replace(output, old)
-      os.replace(tmp, output)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, output)
-  finally:
-    if os.path.isdir(tmp):
-      shutil.rmtree(tmp)
+  files.check(output, '--output')
+  if files.isdir(output):
+    others = [
+      name
+      for name in files.listdir(output)
+      if name not in ARTEFACT_FILES  # Nor a killed write's temporary file:
+      and not any(name.startswith(f'{a}.tmp-') for a in ARTEFACT_FILES)
+    ]
+    if others:
+      raise FileExistsError(
+        f'--output={output} already holds other files ({", ".join(others[:5])}); '
+        'give a new directory, or one holding only a previous export.'
+      )
+  serialized = exported.serialize()
+  files.write_atomic(files.join(output, EXPORT_FILE), bytes(serialized))
+  files.write_atomic(
+    files.join(output, CONFIG_FILE), config.to_json(indent=2, sort_keys=True)
+  )
+  files.write_json(
+    files.join(output, SIGNATURE_FILE),
+    signature(config, exported, step)
+    | {'generator_sha256': hashlib.sha256(serialized).hexdigest()},
+  )
 
 
 def export_workdir(
@@ -159,14 +162,14 @@ def export_workdir(
   exported = export_generator(
     run.config, run.g_variables, platforms=platforms, conv_impl=conv_impl
   )
-  output = output or os.path.join(workdir, 'export')
+  output = output or files.join(workdir, 'export')
   write_artefact(output, run.config, exported, run.step)
   return output
 
 
 COMMAND = cli.Command('export', __doc__)
-COMMAND.string('workdir', None, 'Training workdir (a single GAN).')
-COMMAND.string('output', None, 'Directory of the artefact (default: W/export).')
+COMMAND.path('workdir', None, 'Training workdir (a single GAN).')
+COMMAND.path('output', None, 'Directory of the artefact (default: W/export).')
 COMMAND.string(
   'platforms', ','.join(DEFAULT_PLATFORMS), f'Comma-separated, of {list(PLATFORMS)}.'
 )

@@ -14,13 +14,13 @@ from dcgan_jax import cli
 from dcgan_jax.evaluation import probe
 
 COMMAND = cli.Command('linear_probe', __doc__)
-COMMAND.string('workdir', None, 'Training workdir (a single GAN).')
+COMMAND.path('workdir', None, 'Training workdir (a single GAN).')
 COMMAND.string('probe', None, f'The protocol, one of {sorted(probe.PROBES)}.')
 COMMAND.integer(
   'num_labels', None, "Labelled images (default: the probe's).", lower_bound=1
 )
 COMMAND.integer('seed', 0, 'Which labelled images are drawn.')
-COMMAND.string('data_dir', None, "TFDS data_dir (default: the workdir config's).")
+COMMAND.path('data_dir', None, "TFDS data_dir (default: the workdir config's).")
 COMMAND.required('workdir', 'probe')
 
 

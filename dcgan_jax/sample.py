@@ -20,9 +20,9 @@ from dcgan_jax.core import generate, rundir
 from dcgan_jax.util import figures, files
 
 COMMAND = cli.Command('sample', __doc__)
-COMMAND.string('workdir', None, 'Training workdir (a single GAN).')
+COMMAND.path('workdir', None, 'Training workdir (a single GAN).')
 COMMAND.integer('num_samples', 64, 'How many images.', lower_bound=1)
-COMMAND.string('output', None, '.npz (the images) or .png (a grid of them).')
+COMMAND.path('output', None, '.npz (the images) or .png (a grid of them).')
 COMMAND.integer('seed', None, 'Seed of z (default: the run seed: its sample grids).')
 COMMAND.enum(
   'batchnorm',

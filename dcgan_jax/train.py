@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 from flax import jax_utils
 
 from dcgan_jax import ensemble as ensemble_lib
@@ -29,7 +29,7 @@ from dcgan_jax.core.state import GANState, unreplicate
 from dcgan_jax.data import input_pipeline, loader
 from dcgan_jax.evaluation import evaluator
 from dcgan_jax.networks import models
-from dcgan_jax.util import figures
+from dcgan_jax.util import event_writer, figures, files
 from dcgan_jax.util.errors import ConfigError
 
 
@@ -43,7 +43,10 @@ def train_and_evaluate(
   one program (see `ensemble`) and returns their K states.
   """
   config_checks.validate_config(config, jax.device_count())
-  workdir = os.path.abspath(workdir)
+  try:
+    workdir = files.absolute(workdir, '--workdir')
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   gans = ensemble_lib.Ensemble.of(config, workdir)
   rundir.check_resume(config, workdir, allow_config_change=allow_config_change)
   is_chief = jax.process_index() == 0
@@ -172,8 +175,7 @@ class _Outputs:
       for _ in gans.configs
     ]
     self.writers = [
-      metric_writers.create_default_writer(wd, just_logging=not is_chief)
-      for wd in gans.workdirs
+      event_writer.create_writer(wd, just_logging=not is_chief) for wd in gans.workdirs
     ]
 
   def hparams(self) -> None:

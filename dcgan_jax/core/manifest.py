@@ -9,7 +9,6 @@ the data set's fingerprint.
 import datetime
 import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
@@ -153,10 +152,9 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
 
 def load(workdir: str) -> dict | None:
   path = os.path.join(workdir, MANIFEST_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def write(workdir: str, manifest: dict) -> None:

@@ -14,7 +14,6 @@ the trainer writes it through `make_workdir`, `record_launch` and
 """
 
 import dataclasses
-import json
 import os
 from typing import NamedTuple
 
@@ -69,13 +68,12 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(
       f'{path} not found: {workdir!r} is not a dcgan_jax workdir (train with '
       f'`python launch.py --config=... --workdir={workdir}`).'
     )
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(files.read_json(path))
 
 
 def checkpoint_manager(
@@ -85,7 +83,7 @@ def checkpoint_manager(
     max_to_keep=keep, create=not read_only, read_only=read_only
   )
   return ocp.CheckpointManager(
-    os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options
+    files.join(files.absolute(workdir, '--workdir'), CHECKPOINT_DIR), options=options
   )
 
 
@@ -94,7 +92,7 @@ def restore_latest(
 ) -> GANState | None:
   """The latest (or `step`'s) checkpointed state in `workdir` as host arrays;
   None if there is no checkpoint."""
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+  if not files.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
     return None
   with checkpoint_manager(workdir, read_only=True) as manager:
     step = manager.latest_step() if step is None else step
@@ -133,13 +131,13 @@ def check_resume(
   config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool
 ) -> None:
   """Refuses to resume a run whose trajectory-shaping config changed."""
-  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+  if not files.exists(os.path.join(workdir, CONFIG_FILE)):
     return
   old = load_config(workdir)
   trained = [
     os.path.join(m.workdir, CHECKPOINT_DIR) for m in seed_members(old, workdir)
   ]
-  if not any(os.path.isdir(path) for path in trained):
+  if not any(files.isdir(path) for path in trained):
     return  # Nothing trained yet: the new config simply starts over.
   changes = manifest.trajectory_changes(old, config)
   if changes and not allow_config_change:
@@ -187,15 +185,15 @@ def record_launch(
 def make_workdir(workdir: str) -> None:
   """Creates WORKDIR/samples; a workdir that cannot be written is a ConfigError."""
   try:
-    os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+    files.makedirs(os.path.join(workdir, SAMPLES_DIR))
     probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    files.write_atomic(probe, 'ok')
+    files.remove(probe)
   except OSError as e:
+    reason = e.strerror or str(e).strip().splitlines()[0][:200] or type(e).__name__
     raise ConfigError(
-      f'Cannot write to --workdir={workdir} ({e.strerror}); choose a writable '
-      'directory.'
+      f'Cannot write to --workdir={workdir} ({reason}); choose a writable '
+      'directory (for gs://, a bucket this machine may write to).'
     ) from e
 
 

@@ -1,32 +1,178 @@
-"""Atomic file writes: a reader never sees a half-written file.
+"""The one file layer: local paths and `gs://` URLs alike, writes atomic.
 
-Every file the project writes that another command or a resumed run reads
-(config, manifest, reports, caches, figures) goes through `atomic_write`:
-the bytes go to a temporary file beside the target, which is renamed onto
-it once complete, so a crash or a kill leaves the old file or the new one,
-never a mixture.
+Every file the project reads or writes (config, manifest, reports, caches,
+figures, TensorBoard events, data sets) goes through this module, so a
+`gs://` workdir is a URL here and nowhere else: no local path is ever
+derived from one. Orbax writes checkpoint arrays through tensorstore and
+its directories through `etils.epath`, which this module also uses.
+
+URLs are served by `etils.epath` on its fsspec backend (gcsfs for `gs://`),
+chosen over TensorFlow's gfile because the same client code runs against
+the Cloud Storage API everywhere: on a TPU VM with the VM's default
+credentials, and in the tests against a local emulator (gcsfs honours
+`STORAGE_EMULATOR_HOST`, tensorstore `TENSORSTORE_GCS_HTTP_URL`). Listings
+are not cached: other hosts and tensorstore write to the same bucket.
+
+Writes are atomic: a reader never sees a half-written file. Locally the
+bytes go to a temporary file beside the target, renamed onto it when
+complete; a Cloud Storage object appears only once its upload completes,
+so there it is written in place. A crash or a kill leaves the old file or
+the new one, never a mixture.
 """
 
+import builtins
 import contextlib
 import json
 import os
+import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
+# Before etils first looks: URLs go through fsspec (see above), even with
+# TensorFlow installed.
+os.environ.setdefault('EPATH_USE_TF', 'false')
+
+import fsspec  # noqa: E402
+import fsspec.core  # noqa: E402
+from etils import epath  # noqa: E402
+
+fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache', False)
+
+# URL schemes this layer serves.
+SCHEMES = ('gs',)
+
+_URL = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
+
+PathLike = str | os.PathLike
+
+
+def is_url(path: PathLike) -> bool:
+  """Whether `path` is a URL (`scheme://...`) rather than a local path."""
+  return bool(_URL.match(os.fspath(path)))
+
+
+def check(path: PathLike, what: str = 'path') -> str:
+  """`path` as a string; a URL of a scheme not served is a ValueError."""
+  path = os.fspath(path)
+  if m := _URL.match(path):
+    if m.group(1) not in SCHEMES:
+      served = ', '.join(f'{s}://' for s in SCHEMES)
+      raise ValueError(
+        f'{what} {path!r}: {m.group(1)}:// is not supported; use a local path '
+        f'or a {served} URL.'
+      )
+  return path
+
+
+def absolute(path: PathLike, what: str = 'path') -> str:
+  """An absolute local path (`~` expanded), or the URL unchanged."""
+  path = check(path, what)
+  return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def local(path: PathLike, what: str, why: str) -> str:
+  """`path` as an absolute local path; a URL is a ValueError saying `why`."""
+  path = check(path, what)
+  if is_url(path):
+    raise ValueError(f'{what} {path!r} must be a local directory: {why}.')
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def join(path: PathLike, *parts: str) -> str:
+  """`os.path.join` for local paths and URLs."""
+  return os.path.join(os.fspath(path), *parts)
+
+
+def as_path(path: PathLike) -> epath.Path:
+  """`path` as an `etils.epath.Path` (local or URL)."""
+  return epath.Path(check(path))
+
+
+def exists(path: PathLike) -> bool:
+  return as_path(path).exists()
+
+
+def isdir(path: PathLike) -> bool:
+  return as_path(path).is_dir()
+
+
+def isfile(path: PathLike) -> bool:
+  return as_path(path).is_file()
+
+
+def makedirs(path: PathLike) -> None:
+  """Creates a directory and its parents (a no-op for Cloud Storage
+  prefixes, which exist once an object is under them)."""
+  as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(path: PathLike) -> list[str]:
+  """Names (not paths) of the entries of a directory, sorted."""
+  return sorted(p.name for p in as_path(path).iterdir())
+
+
+def walk_files(path: PathLike) -> list[str]:
+  """Paths, relative to `path` and sorted, of every file below it."""
+  root = as_path(path)
+  found = []
+  for directory, _, names in root.walk():
+    for name in names:
+      found.append(os.path.relpath(os.fspath(directory / name), os.fspath(root)))
+  return sorted(found)
+
+
+def size(path: PathLike) -> int:
+  return as_path(path).stat().length
+
+
+def open(path: PathLike, mode: str = 'rb') -> IO:  # noqa: A001
+  """Opens a local file or a URL (`rb`, `r`, `wb`, `w`)."""
+  return as_path(path).open(mode)
+
+
+def read_bytes(path: PathLike) -> bytes:
+  return as_path(path).read_bytes()
+
+
+def read_text(path: PathLike) -> str:
+  return as_path(path).read_text()
+
+
+def read_json(path: PathLike) -> Any:
+  return json.loads(read_text(path))
+
+
+def remove(path: PathLike) -> None:
+  as_path(path).unlink()
+
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[IO]:
-  """Opens a temporary file beside `path`; renames it onto `path` when the
-  block ends without an exception, removes it otherwise. Creates the parent
-  directory."""
-  path = os.fspath(path)
+def atomic_write(path: PathLike, mode: str = 'wb') -> Iterator[IO]:
+  """Opens `path` for writing so that it appears only if the block ends
+  without an exception. Creates the parent directory.
+
+  Locally: a temporary file beside `path`, renamed onto it at the end and
+  removed on an exception. A URL: a local temporary file, uploaded at the
+  end in one request (the object appears when the upload completes; on an
+  exception nothing is uploaded and the old object, if any, stays).
+  """
+  path = check(path)
+  if is_url(path):
+    with tempfile.TemporaryDirectory(prefix='dcgan_jax-upload-') as directory:
+      tmp = os.path.join(directory, os.path.basename(path) or 'object')
+      with builtins.open(tmp, mode) as f:
+        yield f
+      fs, remote = fsspec.core.url_to_fs(path)
+      fs.put_file(tmp, remote)
+    return
   directory = os.path.dirname(path)
   if directory:
     os.makedirs(directory, exist_ok=True)
   tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
   try:
-    with open(tmp, mode) as f:
+    with builtins.open(tmp, mode) as f:
       yield f
     os.replace(tmp, path)
   finally:
@@ -34,13 +180,13 @@ def atomic_write(path: str | os.PathLike, mode: str = 'wb') -> Iterator[IO]:
       os.remove(tmp)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> str:
+def write_atomic(path: PathLike, data: bytes | str) -> str:
   """Writes `data` to `path` atomically; returns `path`."""
   with atomic_write(path, 'w' if isinstance(data, str) else 'wb') as f:
     f.write(data)
   return os.fspath(path)
 
 
-def write_json(path: str | os.PathLike, value: Any, **dump_kwargs: Any) -> str:
+def write_json(path: PathLike, value: Any, **dump_kwargs: Any) -> str:
   """Writes `value` as indented JSON to `path` atomically; returns `path`."""
   return write_atomic(path, json.dumps(value, indent=2, **dump_kwargs))
