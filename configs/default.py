@@ -34,14 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
   # 'downsampled_imagenet/64x64', ...), 'digits' (scikit-learn's bundled
   # 8x8 digits, built as a local TFDS data set), 'folder:/path/to/images'
   # (a directory tree of PNG/JPEG/BMP/GIF images) or 'idx:DIR' (MNIST-format
-  # IDX files: train-* for split 'train', t10k-* for 'test').
+  # IDX files: train-* for split 'train', t10k-* for 'test'). The folder and
+  # DIR may be gs:// URLs ('folder:gs://bucket/images').
   config.dataset = 'digits'
   # TFDS split to train on (ignored for 'folder:').
   config.split = 'train'
   # Feature holding the image in the TFDS examples.
   config.image_key = 'image'
-  # Where TFDS keeps prepared data sets; None = TFDS's default
-  # (~/tensorflow_datasets or $TFDS_DATA_DIR).
+  # Where TFDS keeps prepared data sets, a local path or a gs:// URL (given
+  # to TFDS as is); None = TFDS's default (~/tensorflow_datasets or
+  # $TFDS_DATA_DIR).
   config.data_dir = ml_collections.config_dict.placeholder(str)
   # Let TFDS download and prepare a data set that is not in data_dir.
   config.download = True
@@ -58,8 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
   # or written once to an .npy file and memory-mapped ('disk', for data sets
   # larger than RAM such as LSUN).
   config.cache = 'memory'
-  # Directory for the 'disk' cache; None = WORKDIR/data_cache. Must be a
-  # local path.
+  # Directory for the 'disk' cache. Must be local, not a URL: the images are
+  # memory-mapped from it. None = WORKDIR/data_cache, or ~/.cache/dcgan_jax/data
+  # when the workdir is a gs:// URL. With several processes only process 0
+  # decodes; it shares the array in WORKDIR/data_cache, which the others read
+  # (from a gs:// workdir, downloaded once into their own cache_dir).
   config.cache_dir = ml_collections.config_dict.placeholder(str)
   # 'error': stop on unreadable/corrupt images in a 'folder:' data set,
   # naming them; 'skip': leave them out with a warning.

@@ -35,12 +35,14 @@ Writes W/eval/report_step_<step>.json and the scalars ('eval/...') to
 TensorBoard in W/eval, at the checkpoint's step; only process 0 writes.
 """
 
+import logging
 import os
+import sys
 from collections.abc import Sequence
 
 from dcgan_jax import cli
 from dcgan_jax.core import rundir
-from dcgan_jax.evaluation import evaluator
+from dcgan_jax.evaluation import evaluator, memory
 
 COMMAND = cli.Command('evaluate', __doc__)
 COMMAND.path('workdir', None, 'Training workdir (one GAN or several).')
@@ -61,18 +63,34 @@ COMMAND.integer(
   'mean and standard deviation.',
   lower_bound=1,
 )
+COMMAND.float(
+  'memory_limit_gb',
+  None,
+  'Refuse (in one line) a metric whose estimated peak memory exceeds this '
+  '(default: the memory available now).',
+)
 COMMAND.required('workdir')
 
 
 def _evaluate(args) -> None:
   metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
-  report = evaluator.evaluate(
-    args.workdir,
-    num_samples=args.num_samples,
-    metrics=metrics,
-    seeds=range(args.seed, args.seed + args.num_z_seeds),
-    inception_weights=args.inception_weights,
-  )
+  # Each metric's memory estimate, on stderr before it runs.
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter('%(message)s'))
+  memory.logger.addHandler(handler)
+  memory.logger.setLevel(logging.INFO)
+  limit = args.memory_limit_gb
+  try:
+    report = evaluator.evaluate(
+      args.workdir,
+      num_samples=args.num_samples,
+      metrics=metrics,
+      seeds=range(args.seed, args.seed + args.num_z_seeds),
+      inception_weights=args.inception_weights,
+      memory_limit=None if limit is None else int(limit * 2**30),
+    )
+  finally:
+    memory.logger.removeHandler(handler)
   print(evaluator.summary(report))
   print(
     f'Report: {os.path.join(args.workdir, rundir.EVAL_DIR)}/report_step_{report["step"]}.json'

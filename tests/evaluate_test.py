@@ -6,10 +6,13 @@ classifier is trained once in it (the first evaluate call) and reused by the
 later ones.
 """
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import uuid
 
 import flax.linen as nn
 import jax
@@ -19,13 +22,13 @@ import pytest
 from PIL import Image
 from runs import NUM_STEPS, tiny_config
 
-from dcgan_jax import train
+from dcgan_jax import evaluate, train
 from dcgan_jax.core import config_checks, generate, rundir
 from dcgan_jax.core import state as gan_state
 from dcgan_jax.data import loader
-from dcgan_jax.evaluation import evaluator, label_classifier
+from dcgan_jax.evaluation import evaluator, label_classifier, memory
 from dcgan_jax.networks import models
-from dcgan_jax.util import errors
+from dcgan_jax.util import errors, files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 300
@@ -232,6 +235,8 @@ def test_command_line(workdir, first_report):
   fd = first_report['metrics']['classifier_fd']
   assert f'{fd:.4g}' in result.stdout
   assert 'not run: inception: FID Inception weights not found' in result.stdout
+  for metric in ('classifier', 'memorization'):  # Estimated peaks, per metric.
+    assert f'memory: {metric} about ' in result.stdout
   with open(os.path.join(workdir, 'eval', f'report_step_{NUM_STEPS}.json')) as f:
     report = json.load(f)
   assert 'memorization_pixels_share_below_train_p01' in report['metrics']
@@ -372,3 +377,159 @@ def test_evaluation_config_that_cannot_run_stops_before_training(data_dir, tmp_p
   config.eval_metrics = 'classifier,fid'
   with pytest.raises(errors.ConfigError, match='eval_metrics must be'):
     config_checks.validate_config(config, 1)
+
+
+# ----------------------------------------------------------------------------
+# Bounded memory: streamed training images, estimates checked first.
+
+
+def test_memorization_streams_d_features_a_chunk_at_a_time(workdir, monkeypatch):
+  """D's features of the training images are made chunk_rows at a time, and
+  the metrics do not depend on the chunk size."""
+  config = rundir.load_config(workdir)
+  state = rundir.restore_latest(workdir, config)
+  real = loader.load_data(config, workdir)
+  samples = real[np.random.default_rng(1).permutation(len(real))[:150]]
+  calls = []
+  features_fn = evaluator.d_features.features_fn
+
+  def recording(*args, **kwargs):
+    fn = features_fn(*args, **kwargs)
+    return lambda images: calls.append(len(images)) or fn(images)
+
+  monkeypatch.setattr(evaluator.d_features, 'features_fn', recording)
+  chunked, details = evaluator.memorization_metrics(
+    workdir, config, state, samples, real, chunk_rows=256
+  )
+  # The samples; then the training images: the train pairs (1,000) and
+  # chunks of 256, never all of them at once.
+  assert calls[0] == len(samples) and max(calls) < len(real)
+  assert calls.count(256) >= len(real) // 256 and sum(calls) >= len(real)
+  assert details['num_train'] == len(real)
+  whole, _ = evaluator.memorization_metrics(
+    workdir, config, state, samples, real, chunk_rows=len(real)
+  )
+  assert chunked == whole
+  assert chunked['memorization_pixels_exact_copies'] == len(samples)
+
+
+def test_a_metric_that_does_not_fit_is_a_one_line_error(workdir, monkeypatch, caplog):
+  config = rundir.load_config(workdir)
+  state = rundir.restore_latest(workdir, config)
+  real = loader.load_data(config, workdir)
+  samples = untrained_samples(config, 50)
+  for metric in ('classifier', 'inception'):
+    with pytest.raises(memory.MemoryLimitError) as error:
+      evaluator.compute_metrics(
+        workdir, config, samples, [metric], real_images=real, memory_limit=1 << 20
+      )
+    message = str(error.value)
+    assert message.startswith(f"metric '{metric}' needs about ") and '\n' not in message
+    assert '0.00 GB is available (memory_limit)' in message
+    assert '--num_samples' in message
+  with pytest.raises(memory.MemoryLimitError, match="metric 'memorization'"):
+    evaluator.memorization_metrics(
+      workdir, config, state, samples, real, memory_limit=1 << 20
+    )
+  # Too little memory for the largest chunk: a smaller one that fits.
+  small = evaluator.memorization_estimate(config, 50, len(real), 512).bytes
+  with caplog.at_level(logging.INFO, logger=memory.logger.name):
+    evaluator.memorization_metrics(
+      workdir, config, state, samples, real, memory_limit=small
+    )
+  logged = [r.getMessage() for r in caplog.records]
+  logged = [line for line in logged if line.startswith('Memory:')]
+  assert len(logged) == 1, logged  # One line per metric.
+  assert logged[0].startswith("Memory: metric 'memorization' needs about ")
+  assert 'streamed 512 at a time' in logged[0]
+  # The command says it in one line, naming the metric and what to change.
+  monkeypatch.setattr(
+    evaluator.memory, 'available_bytes', lambda: (1 << 20, 'MemAvailable')
+  )
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(
+      [f'--workdir={workdir}', '--num_samples=10', '--metrics=memorization']
+    )
+  message = str(exit_info.value.code)
+  assert message.startswith("Error: metric 'memorization' needs about ")
+  assert '(MemAvailable)' in message and '\n' not in message
+
+
+def test_memory_estimates_do_not_grow_with_the_training_set(workdir):
+  config = rundir.load_config(workdir)
+  shape = (16, 16, 1)
+  for n in (10_000, 10_000_000):
+    assert evaluator.memorization_estimate(config, 2000, n).bytes == (
+      evaluator.memorization_estimate(config, 2000, 5000).bytes
+    )
+    assert evaluator.classifier_estimate(2000, shape, 10, n).bytes == (
+      evaluator.classifier_estimate(2000, shape, 10, 5000).bytes
+    )
+    assert evaluator.inception_estimate(2000, shape, n).bytes == (
+      evaluator.inception_estimate(2000, shape, 5000).bytes
+    )
+  more = evaluator.memorization_estimate(config, 2000, 10**6, 4096).bytes
+  assert evaluator.memorization_estimate(config, 2000, 10**6, 256).bytes < more
+  available, source = memory.available_bytes()
+  assert available > 0 and source
+
+
+# ----------------------------------------------------------------------------
+# A gs:// workdir (the test Cloud Storage server).
+
+
+def test_caches_reports_and_figures_in_a_gs_workdir(workdir, gcs_bucket, monkeypatch):
+  """Every file the evaluator writes goes to the bucket and is read back
+  from there (caches reused, not recomputed); nothing lands in a local
+  'gs:' directory."""
+  config = rundir.load_config(workdir)
+  state = rundir.restore_latest(workdir, config)
+  real = loader.load_data(config, workdir)
+  samples = untrained_samples(config, 60)
+  url = f'{gcs_bucket}/evaluator-{uuid.uuid4().hex[:8]}'
+  few = label_classifier.ClassifierTraining(steps=3)
+  kwargs = dict(real_images=real, classifier_training=few)
+  first, details = evaluator.compute_metrics(
+    url, config, samples, ['classifier'], **kwargs
+  )
+  cache = files.join(url, evaluator.CLASSIFIER_DIR)
+  assert files.listdir(cache) == ['classifier.json', 'params.msgpack', 'real_stats.npz']
+  assert (
+    files.read_json(files.join(cache, 'classifier.json'))['fingerprint']
+    == (details['classifier']['fingerprint'])
+  )
+  again, details = evaluator.compute_metrics(
+    url, config, samples, ['classifier'], **kwargs
+  )
+  assert details['classifier']['cached'] is True and again == first
+
+  module = StandInInception()
+  variables = module.init(jax.random.key(3), jnp.zeros((1, 299, 299, 3)))
+  monkeypatch.setattr(
+    evaluator.inception, 'load_fid_inception', lambda *a, **k: (module, variables)
+  )
+  kwargs = dict(real_images=real[:150], inception_weights='gs://weights/stand_in.pth')
+  fid, details = evaluator.compute_metrics(
+    url, config, samples, ['inception'], **kwargs
+  )
+  assert {'inception_real.npz', 'inception_real.npz.stats.npz'} <= set(
+    files.listdir(files.join(url, 'eval'))
+  )
+  again, details = evaluator.compute_metrics(
+    url, config, samples, ['inception'], **kwargs
+  )
+  assert details['inception']['cached'] is True and again == fid
+  assert 'stand_in.pth pool3' in details['inception']['fingerprint']
+
+  values, details = evaluator.memorization_metrics(url, config, state, samples, real)
+  for path in details['figures'].values():
+    assert path.startswith(url + '/eval/memorization_step_')
+    with Image.open(io.BytesIO(files.read_bytes(path))) as image:
+      assert image.width > 100
+
+  report = {'step': 7, 'metrics': {**first, **values}, 'spread': {}}
+  path = evaluator.write_report(url, report)
+  assert path == f'{url}/eval/report_step_7.json'
+  assert files.read_json(path) == json.loads(json.dumps(report))
+  assert any(n.startswith('events.out.tfevents') for n in files.listdir(f'{url}/eval'))
+  assert not any(os.path.exists(os.path.join(d, 'gs:')) for d in (REPO, os.getcwd()))

@@ -99,6 +99,24 @@ def test_accumulator_with_padded_batches_matches_float64(shift):
     assert cov_error > 1e-2  # Why the accumulator shifts by the first batch.
 
 
+def test_streamed_stats_equal_the_in_memory_ones():
+  """float64 host sums about the first batch's mean: the same statistics as
+  all rows at once, far from the origin too, whatever the batch sizes."""
+  x = correlated_features(1000, 16, seed=4, offset=1000.0)
+  want = gan_metrics.feature_stats(x)
+  cuts = [0, 1, 130, 130, 700, 1000]  # Sizes 1, 129, 0, 570, 300.
+  got = gan_metrics.streamed_feature_stats(
+    x[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+  )
+  assert got.count == 1000
+  np.testing.assert_allclose(got.mean, want.mean, rtol=1e-13)
+  np.testing.assert_allclose(got.cov, want.cov, rtol=1e-9, atol=1e-12)
+  with pytest.raises(ValueError, match='at least 2'):
+    gan_metrics.streamed_feature_stats([x[:1]])
+  with pytest.raises(ValueError, match='dimension'):
+    gan_metrics.streamed_feature_stats([x[:5], x[:5, :3]])
+
+
 def test_accumulator_takes_per_device_moments_from_pmap():
   n_dev = jax.local_device_count()
   x = correlated_features(6 * n_dev * 10, 8, seed=3, offset=5.0).astype(np.float32)

@@ -19,7 +19,7 @@ import pytest
 import runs
 from PIL import Image
 
-from dcgan_jax import export, sample, visualize
+from dcgan_jax import evaluate, export, sample, visualize
 from dcgan_jax.core import rundir
 from dcgan_jax.util import files
 
@@ -148,6 +148,9 @@ def test_every_tool_reads_the_gs_workdir_and_writes_to_the_bucket(gs_run, gcs_bu
   export.main([f'--workdir={workdir}', f'--output={out}/export', '--platforms=cpu'])
   assert set(files.listdir(f'{out}/export')) == set(export.ARTEFACT_FILES)
 
+  evaluate.main([f'--workdir={workdir}', '--num_samples=10', '--metrics=classifier'])
+  reports = files.listdir(files.join(workdir, rundir.EVAL_DIR))
+  assert f'report_step_{NUM_STEPS}.json' in reports
   assert no_local_gs_directory()
 
 

@@ -27,6 +27,7 @@ import scipy.ndimage
 from numpy.lib.stride_tricks import sliding_window_view
 
 from dcgan_jax.evaluation import inception, pth_reader
+from dcgan_jax.util import files
 
 # ----------------------------------------------------------------------------
 # The published architecture: every BasicConv2d as
@@ -704,6 +705,29 @@ def test_download_then_load(home, standin, monkeypatch):
   monkeypatch.setenv('DCGAN_FID_WEIGHTS', str(zip_path))
   assert inception.default_weights_path() == str(zip_path)
   inception.load_fid_inception()
+
+
+def test_weights_from_a_gs_url(loaded, standin, gcs_bucket, home, monkeypatch):
+  """A gs:// weights path (argument or $DCGAN_FID_WEIGHTS) is read through
+  the file layer: the same variables as the local file; a missing one says
+  where it looked, as the URL (never a local path made from it)."""
+  _, zip_path, _ = standin
+  monkeypatch.setattr(
+    urllib.request, 'urlopen', lambda *a, **k: pytest.fail('downloaded')
+  )
+  url = f'{gcs_bucket}/weights-{os.getpid()}/pt_inception.pth'
+  files.write_atomic(url, zip_path.read_bytes())
+  _, _, local = loaded
+  _, remote = inception.load_fid_inception(url)
+  for a, b in zip(jax.tree.leaves(local), jax.tree.leaves(remote), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, url)
+  assert inception.resolve_weights(None, download=False) == url
+  missing = f'{gcs_bucket}/weights-{os.getpid()}/missing.pth'
+  with pytest.raises(FileNotFoundError) as e:
+    inception.load_fid_inception(missing)
+  assert f'not found: {missing} was given as path' in str(e.value)
+  assert not os.path.exists('gs:')
 
 
 def test_mismatched_file(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -343,3 +344,108 @@ def test_report_rejects_mismatched_inputs(tmp_path, digits):
     )
   with pytest.raises(ValueError, match='training resolution'):
     memorization.memorization_report(held_out[:, :4], train, out_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------
+# Bounded memory: the training set is streamed, never held as floats.
+
+
+def _brute_force_some_self(queries, references, k, own):
+  """`_brute_force` where own[i] = -1 excludes nothing for query i."""
+  q = np.asarray(queries, np.float64)
+  r = np.asarray(references, np.float64)
+  d = np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+  mine = own >= 0
+  d[np.flatnonzero(mine), own[mine]] = np.inf
+  order = np.argsort(d, axis=1, kind='stable')[:, :k]
+  return np.take_along_axis(d, order, axis=1), order
+
+
+@pytest.mark.parametrize('host_path', [False, True])
+def test_search_streams_over_references_in_chunks(monkeypatch, host_path):
+  """References made on demand are asked for at most chunk_rows at a time
+  (also on the float64 host path), and the result is the brute force's."""
+  if host_path:
+    monkeypatch.setattr(memorization, '_F32_ERROR_SAFETY', 1e30)  # Certify none.
+  rng = np.random.default_rng(8)
+  refs = rng.normal(size=(500, 12))
+  own = np.concatenate([np.full(30, -1), [3, 250, 499]])
+  queries = np.concatenate([rng.normal(size=(30, 12)), refs[own[30:]]])
+  requests = []
+
+  def get(indices):
+    requests.append(indices)
+    return refs[indices]
+
+  rows = memorization.Rows(len(refs), 12, get)
+  distances, indices = memorization.nearest_neighbours(
+    queries,
+    rows,
+    4,
+    exclude_self=True,
+    self_indices=own,
+    batch_size=8,
+    reference_batch_size=16,
+    chunk_rows=64,
+  )
+  want_d, want_i = _brute_force_some_self(queries, refs, 4, own)
+  np.testing.assert_array_equal(indices, want_i)
+  np.testing.assert_allclose(distances, want_d, rtol=1e-12)
+  assert max(len(r) for r in requests) <= 64
+  streamed = np.concatenate([r for r in requests if len(r) and np.all(np.diff(r) == 1)])
+  assert np.bincount(streamed, minlength=500).min() >= 1  # Every row, in chunks.
+  # Chunks of any size give the same answer as one chunk of everything.
+  whole = memorization.nearest_neighbours(
+    queries, refs, 4, exclude_self=True, self_indices=own, chunk_rows=10_000
+  )
+  np.testing.assert_array_equal(whole[1], indices)
+  np.testing.assert_array_equal(whole[0], distances)
+
+
+def test_report_holds_a_chunk_of_the_training_set_not_all_of_it(tmp_path):
+  """60,000 memory-mapped 16x16x3 training images: as float32 pixels they
+  would take 184 MB; the report's numpy allocations peak far below that, and
+  its results do not depend on the chunk size."""
+  rng = np.random.default_rng(9)
+  train = np.lib.format.open_memmap(
+    tmp_path / 'train.npy', 'w+', np.uint8, (60_000, 16, 16, 3)
+  )
+  for start in range(0, len(train), 5000):
+    train[start : start + 5000] = rng.integers(0, 256, (5000, 16, 16, 3), np.uint8)
+  train.flush()
+  train = np.load(tmp_path / 'train.npy', mmap_mode='r')
+  samples = rng.integers(0, 256, (100, 16, 16, 3), np.uint8)
+  samples[:5] = train[[7, 70, 700, 7000, 59_999]]  # Copies.
+  as_floats = train.size * 4
+  kwargs = dict(k=2, num_train_pairs=300, seed=0)
+  tracemalloc.start()
+  try:
+    report = memorization.memorization_report(
+      samples, train, out_dir=str(tmp_path / 'a'), chunk_rows=1024, **kwargs
+    )
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  print(f'peak numpy/Python allocations {peak / 2**20:.1f} MB, float32 set '
+        f'{as_floats / 2**20:.1f} MB')  # fmt: skip
+  assert peak < as_floats / 3
+  estimate = memorization.report_bytes(
+    100, (16, 16, 3), num_train=len(train), num_train_pairs=300, chunk_rows=1024
+  )
+  assert peak < estimate < as_floats  # The estimate covers what was allocated.
+  assert report['pixels']['num_exact_copies'] == 5
+  assert {n['train'] for n in report['pixels']['nearest'][:5]} == {
+    7,
+    70,
+    700,
+    7000,
+    59_999,
+  }
+  other = memorization.memorization_report(
+    samples, train, out_dir=str(tmp_path / 'b'), chunk_rows=4096, **kwargs
+  )
+
+  def strip(run):
+    return {k: v for k, v in run['pixels'].items() if not k.endswith('_png')}
+
+  assert strip(report) == strip(other)

@@ -2,16 +2,18 @@
 
 An 'idx:DIR' data set is a directory of them: PREFIX-images-idx3-ubyte and
 PREFIX-labels-idx1-ubyte (each maybe gzipped) per split, with the prefix
-'train' for split 'train' and 't10k' for 'test'.
+'train' for split 'train' and 't10k' for 'test'. DIR is a local directory
+or a gs:// URL: every file is read through `dcgan_jax.util.files`.
 """
 
 import gzip
 import math
-import os
 import struct
 import zlib
 
 import numpy as np
+
+from dcgan_jax.util import files
 
 # IDX split -> file name prefix, and file kind -> name part: a split's files
 # are PREFIX-images-idx3-ubyte and PREFIX-labels-idx1-ubyte (each maybe .gz).
@@ -44,20 +46,22 @@ def idx_file(directory: str, split: str, kind: str) -> str:
       f'An idx: data set has the splits {list(IDX_SPLITS)}, not {split!r}; set '
       'config.split to one of them.'
     )
-  if not os.path.isdir(directory):
+  if not files.isdir(directory):
     raise FileNotFoundError(
       f'IDX directory {directory} does not exist; fix config.dataset="idx:DIR" '
       '(DIR holds e.g. t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz).'
     )
   base = f'{IDX_SPLITS[split]}-{_IDX_KINDS[kind]}-ubyte'
   for name in (base, base + '.gz'):
-    path = os.path.join(directory, name)
-    if os.path.isfile(path):
+    path = files.join(directory, name)
+    if files.isfile(path):
       return path
   present = sorted(
     s
     for s, prefix in IDX_SPLITS.items()
-    if any(f.startswith(f'{prefix}-images-idx3-ubyte') for f in os.listdir(directory))
+    if any(
+      f.startswith(f'{prefix}-images-idx3-ubyte') for f in files.listdir(directory)
+    )
   )
   wanted = ', '.join(f'{IDX_SPLITS[split]}-{k}-ubyte[.gz]' for k in _IDX_KINDS.values())
   raise FileNotFoundError(
@@ -76,8 +80,7 @@ def read_idx(path: str) -> np.ndarray:
   file otherwise.
   """
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = files.read_bytes(path)
     if data[:2] == b'\x1f\x8b':  # gzip, whatever the file is called.
       data = gzip.decompress(data)
   except (OSError, EOFError, zlib.error) as e:
@@ -148,10 +151,11 @@ def idx_labels(directory: str, split: str) -> np.ndarray:
 
 def _idx_length(path: str) -> int:
   """The first dimension in an IDX file's header (reads only the header)."""
-  opener = gzip.open if _is_gzip(path) else open
   try:
-    with opener(path, 'rb') as f:
-      header = f.read(8)
+    with files.open(path) as f:
+      gzipped = f.read(2) == b'\x1f\x8b'  # gzip, whatever the file is called.
+      f.seek(0)
+      header = (gzip.GzipFile(fileobj=f) if gzipped else f).read(8)
   except (OSError, EOFError, zlib.error) as e:
     raise ValueError(f'Cannot read the IDX file {path} ({e}).') from e
   if len(header) < 8 or header[:2] != b'\0\0' or header[2] not in _IDX_DTYPES:
@@ -159,8 +163,3 @@ def _idx_length(path: str) -> int:
   if header[3] == 0:
     raise ValueError(f'{path}: the IDX header announces 0 dimensions.')
   return struct.unpack('>I', header[4:8])[0]
-
-
-def _is_gzip(path: str) -> bool:
-  with open(path, 'rb') as f:
-    return f.read(2) == b'\x1f\x8b'

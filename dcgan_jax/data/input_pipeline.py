@@ -25,6 +25,12 @@ Data sets (`dataset`):
     gzipped (.gz). Headers are checked (magic number, type, dimensions,
     size) and the images keep the files' order.
 
+PATH and DIR are local paths or gs:// URLs: local files are read by
+TensorFlow, URLs through `dcgan_jax.util.files` (a folder by one recursive
+listing, then many reads at once); TFDS gets its data_dir as given (it
+reads URLs itself). The disk cache (cache_dir) is always local: it is
+memory-mapped.
+
 Preprocessing, the same for all of them: convert to `num_channels` (alpha is
 dropped, RGB->grey by ITU-R 601 luminance, grey->RGB by repetition), crop
 ('center': largest centred square; 'celeba': centred 108x108, falling back to
@@ -35,6 +41,8 @@ to uint8. No augmentation.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
 import hashlib
 import os
@@ -42,13 +50,14 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import logging
 
 from dcgan_jax.data import idx
+from dcgan_jax.util import files
 
 CROPS = ('center', 'celeba', 'none')
 CACHES = ('memory', 'disk')
@@ -56,6 +65,11 @@ BAD_IMAGES = ('error', 'skip')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 DIGITS_TFDS_NAME = 'sklearn_digits'
 CELEBA_CROP = 108
+# Why config.cache_dir must be a local directory (said with the error).
+CACHE_DIR_WHY = (
+  'the decoded images are memory-mapped from it, which needs a local file '
+  'system; unset it for the default or name a local directory'
+)
 # Bumped whenever preprocessing changes, so stale disk caches are not reused.
 _CACHE_FORMAT = 'v1'
 _DECODE_BATCH = 256
@@ -64,6 +78,9 @@ _COPY_BYTES = 64 << 20  # Chunk size when copying into a smaller array.
 _FOLDER_PREFIX = 'folder:'
 _IDX_PREFIX = 'idx:'
 _TMP_INFIX = '.tmp-'  # Cache files being written: PATH.tmp-PID-RANDOM.
+_READ_THREADS = 32  # Files of a URL folder read at once...
+_READ_AHEAD = 256  # ... and at most this many ahead of the decoder.
+_HASH_BYTES = 64 << 20  # Bytes hashed at a time (memory maps stay paged out).
 # Makes the uint8 output array of a given shape (e.g. a memmap).
 _Allocator = Callable[[tuple[int, ...]], np.ndarray]
 
@@ -102,6 +119,14 @@ def load_images(
   """
   source = _parse_dataset(dataset)
   _check_options(image_size, num_channels, crop, cache, bad_images)
+  if data_dir is not None:
+    data_dir = files.check(data_dir, 'config.data_dir')
+  if cache == 'disk':
+    if cache_dir is None:
+      raise ValueError("cache='disk' needs a directory: set config.cache_dir.")
+    cache_dir = files.local(cache_dir, 'config.cache_dir', CACHE_DIR_WHY)
+  if source.kind == 'folder':
+    source = source._replace(listing=_list_folder(source.name))
   build = functools.partial(
     _build_array,
     source=source,
@@ -118,9 +143,11 @@ def load_images(
     images = build(out=None)
     images.setflags(write=False)
     return images
-  path, num_files = _cache_path(
-    cache_dir, source, split, image_size, num_channels, crop, image_key
+  path = os.path.join(
+    cache_dir,
+    _cache_key(source, split, image_size, num_channels, crop, image_key) + '.npy',
   )
+  num_files = None if source.listing is None else len(source.listing)
   shape_tail = (image_size, image_size, num_channels)
   cached = _read_cache(path, shape_tail)
   # bad_images is not part of the cache key: a build that succeeds holds the
@@ -138,7 +165,7 @@ def load_images(
         'Cache %s lacks %d undecodable images of %s; decoding the folder again.',
         path,
         missing,
-        source[1],
+        source.name,
       )
       cached = None
     else:
@@ -149,13 +176,47 @@ def load_images(
         path,
         missing,
         num_files,
-        source[1],
+        source.name,
       )
   if cached is not None:
     logging.info('Read %d cached images from %s.', len(cached), path)
     return cached
   _write_cache(path, build)
   return np.load(path, mmap_mode='r')
+
+
+def cache_name(
+  *,
+  dataset: str,
+  split: str = 'train',
+  image_size: int,
+  num_channels: int,
+  crop: str = 'center',
+  image_key: str = 'image',
+) -> str:
+  """A file name (no extension) for what `load_images` returns with these
+  options, from the options alone: a folder's or IDX directory's path, not
+  its files (the disk cache's name adds those). It names the copy of the
+  images that process 0 shares with the others (loader.py); their `digest`
+  tells whether a copy is current."""
+  source = _parse_dataset(dataset)
+  if source.kind != 'tfds':
+    source = source._replace(name=_hash(source.name))
+  if source.kind == 'folder':
+    split = 'all'
+  return _safe_name(
+    source.kind, source.name, split, image_size, num_channels, crop, image_key
+  )
+
+
+def digest(images: np.ndarray) -> str:
+  """sha256 (hex) of uint8 images, their shape included: two arrays with
+  the same digest hold the same images."""
+  hasher = hashlib.sha256(repr(images.shape).encode())
+  flat = images.reshape(-1)
+  for start in range(0, flat.size, _HASH_BYTES):
+    hasher.update(np.ascontiguousarray(flat[start : start + _HASH_BYTES]).data)
+  return hasher.hexdigest()
 
 
 def batch_indices(
@@ -337,8 +398,17 @@ def _prefetched(
 # Data set sources.
 
 
-def _parse_dataset(dataset: str) -> tuple[str, str]:
-  """('tfds', name), ('folder', absolute path) or ('idx', absolute path)."""
+class _Source(NamedTuple):
+  """A data set: kind 'tfds' and its name, or kind 'folder' or 'idx' and an
+  absolute path or URL; for 'folder', once listed, (relative path, size in
+  bytes) of each image file, in order."""
+
+  kind: str
+  name: str
+  listing: tuple[tuple[str, int], ...] | None = None
+
+
+def _parse_dataset(dataset: str) -> _Source:
   if not isinstance(dataset, str) or not dataset.strip():
     raise ValueError(
       'config.dataset must be a TFDS name, "digits", "folder:PATH" or '
@@ -346,42 +416,38 @@ def _parse_dataset(dataset: str) -> tuple[str, str]:
     )
   if dataset.startswith(_IDX_PREFIX):
     path = dataset[len(_IDX_PREFIX) :]
-    if not path or '://' in path:
+    if not path:
       raise ValueError(
-        'config.dataset="idx:DIR" needs a local directory holding the IDX files '
-        f'(e.g. "idx:/data/mnist"), got {dataset!r}.'
+        'config.dataset="idx:DIR" needs the directory holding the IDX files '
+        f'(e.g. "idx:/data/mnist" or "idx:gs://bucket/mnist"), got {dataset!r}.'
       )
-    return 'idx', os.path.abspath(os.path.expanduser(path))
+    return _Source('idx', files.absolute(path, 'The IDX directory of config.dataset'))
   if dataset.startswith(_FOLDER_PREFIX):
     path = dataset[len(_FOLDER_PREFIX) :]
     if not path:
       raise ValueError(
-        'config.dataset="folder:" needs a path: "folder:/path/to/images".'
+        'config.dataset="folder:" needs a path: "folder:/path/to/images" or '
+        '"folder:gs://bucket/images".'
       )
-    if '://' in path:
-      raise ValueError(f'folder: needs a local directory, got {path!r}.')
-    return 'folder', os.path.abspath(os.path.expanduser(path))
+    return _Source('folder', files.absolute(path, 'The folder of config.dataset'))
   if dataset == 'digits':
-    return 'tfds', DIGITS_TFDS_NAME
-  return 'tfds', dataset
+    return _Source('tfds', DIGITS_TFDS_NAME)
+  return _Source('tfds', dataset)
 
 
-def _build_array(
-  *, out: _Allocator | None, source: tuple[str, str], **kwargs
-) -> np.ndarray:
+def _build_array(*, out: _Allocator | None, source: _Source, **kwargs) -> np.ndarray:
   """Runs the preprocessing pipeline into out(num_examples) (default: memory)."""
-  kind, name = source
   start = time.perf_counter()
-  if kind == 'folder':
-    images = _load_folder(name, out=out, **kwargs)
-  elif kind == 'idx':
-    images = _load_idx(name, out=out, **kwargs)
+  if source.kind == 'folder':
+    images = _load_folder(source.name, source.listing, out=out, **kwargs)
+  elif source.kind == 'idx':
+    images = _load_idx(source.name, out=out, **kwargs)
   else:
-    images = _load_tfds(name, out=out, **kwargs)
+    images = _load_tfds(source.name, out=out, **kwargs)
   logging.info(
     'Preprocessed %d images of %s in %.1f s.',
     len(images),
-    name,
+    source.name,
     time.perf_counter() - start,
   )
   return images
@@ -429,7 +495,7 @@ def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
       'exact names: img_align_celeba.zip (1,443,490,838 bytes), '
       'list_eval_partition.txt, list_attr_celeba.txt, '
       'list_landmarks_align_celeba.txt and identity_CelebA.txt; put them in '
-      f'{os.path.join(data_dir, "downloads", "manual")} (or any directory '
+      f'{files.join(data_dir, "downloads", "manual")} (or any directory '
       'passed as `tfds build celeb_a --manual_dir=...`) and run '
       f'`tfds build celeb_a --data_dir={data_dir}` (or train again with '
       'config.download=True); TFDS checks their checksums and prepares '
@@ -515,29 +581,30 @@ def _load_tfds(
   return images
 
 
-def _list_folder(path: str) -> list[str]:
-  """Relative paths of the images under `path`, sorted."""
-  if not os.path.isdir(path):
+def _list_folder(path: str) -> tuple[tuple[str, int], ...]:
+  """(relative path, size) of the images under `path`, sorted by path
+  component by component."""
+  if not files.isdir(path):
     raise ValueError(
       f'Image folder {path} does not exist or is not a directory; fix '
       'config.dataset="folder:PATH".'
     )
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for f in files:
-      if f.lower().endswith(IMAGE_EXTENSIONS):
-        found.append(os.path.relpath(os.path.join(root, f), path))
+  found = [
+    (name, size)
+    for name, size in files.walk_file_sizes(path)
+    if name.lower().endswith(IMAGE_EXTENSIONS)
+  ]
   if not found:
     raise ValueError(
       f'No images ({", ".join(IMAGE_EXTENSIONS)}) under {path}; fix '
       'config.dataset="folder:PATH".'
     )
-  return sorted(found, key=lambda p: p.split(os.sep))
+  return tuple(sorted(found, key=lambda item: item[0].split(os.sep)))
 
 
 def _load_folder(
   path: str,
+  listing: Sequence[tuple[str, int]],
   *,
   out: _Allocator | None,
   bad_images: str,
@@ -549,39 +616,106 @@ def _load_folder(
 ) -> np.ndarray:
   del split, data_dir, download, image_key  # TFDS only.
   tf = _tf()
-  names = _list_folder(path)
-  files = [os.path.join(path, f) for f in names]
-  ds = tf.data.Dataset.from_tensor_slices(files)
+  names = [name for name, _ in listing]
+  paths = [files.join(path, name) for name in names]
+  if files.is_url(path):  # Read here (TensorFlow cannot), decoded by tf.data.
+    reader = _UrlReader(paths)
+    ds = tf.data.Dataset.from_generator(
+      reader, output_signature=tf.TensorSpec((), tf.string)
+    ).apply(tf.data.experimental.assert_cardinality(len(paths)))
+    decode = _decode_bytes
+  else:
+    reader = None
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    decode = _decode_file
   # One pass decodes every file; the failures are only looked at afterwards.
-  images, failed = _run_pipeline(
-    ds, _decode_file, out=out, drop_failures=True, **preprocess
-  )
+  images, failed = _run_pipeline(ds, decode, out=out, drop_failures=True, **preprocess)
+  if reader is not None and reader.error is not None:
+    raise reader.error
   if not len(failed):
     return images
-  _check_undecodable([files[i] for i in failed], preprocess)
+  if reader is None:
+    elements = [paths[i] for i in failed]
+  else:
+    elements = list(_UrlReader([paths[i] for i in failed])())
+  _check_undecodable([paths[i] for i in failed], elements, decode, preprocess)
   listed = ', '.join(names[i] for i in failed[:_BAD_LISTED])
   count = (
-    f'{len(failed)} of {len(files)} images in {path} cannot be decoded, e.g. '
+    f'{len(failed)} of {len(paths)} images in {path} cannot be decoded, e.g. '
     f'{listed} (first {_BAD_LISTED} listed)'
   )
   if bad_images == 'error':
     raise ValueError(f"{count}: fix or remove them, or set config.bad_images='skip'.")
-  if len(failed) == len(files):
+  if len(failed) == len(paths):
     raise ValueError(
       f'The image folder {path} has no readable images ({count}); fix the '
       'files or config.dataset="folder:PATH".'
     )
   logging.warning("%s; config.bad_images='skip' leaves them out.", count)
-  return _first_rows(images, len(files) - len(failed), out)
+  return _first_rows(images, len(paths) - len(failed), out)
+
+
+class _UrlReader:
+  """Called, a generator of the contents of files named by URL, in order:
+  _READ_THREADS reads at once, at most _READ_AHEAD ahead of the consumer.
+
+  A file that cannot be read (missing, no permission) gives b'', which then
+  fails to decode like any undecodable file. Any other error (the network,
+  say) ends the generator and is kept in `error`, for the caller to raise:
+  inside tf.data it would otherwise pass for the end of the data.
+  """
+
+  def __init__(self, urls: Sequence[str]):
+    self.urls = urls
+    self.error: BaseException | None = None
+
+  def __call__(self) -> Iterator[bytes]:
+    urls = iter(self.urls)
+    pending = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(_READ_THREADS, 'read_url')
+
+    def submit() -> None:
+      url = next(urls, None)
+      if url is not None:
+        pending.append(pool.submit(_read_or_empty, url))
+
+    try:
+      for _ in range(_READ_AHEAD):
+        submit()
+      while pending:
+        try:
+          data = pending.popleft().result()
+        except Exception as e:  # Raised by the caller.
+          self.error = e
+          return
+        submit()
+        yield data
+    finally:
+      pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_or_empty(url: str) -> bytes:
+  try:
+    return files.read_bytes(url)
+  except OSError:  # FileNotFoundError, PermissionError: an unreadable file.
+    return b''
 
 
 def _decode_file(file):
   tf = _tf()
-  return tf.io.decode_image(tf.io.read_file(file), expand_animations=False)
+  return _decode_bytes(tf.io.read_file(file))
 
 
-def _check_undecodable(files: list[str], preprocess: dict[str, Any]) -> None:
-  """Checks that `files`, which failed in the pipeline, fail to decode alone.
+def _decode_bytes(contents):
+  tf = _tf()
+  return tf.io.decode_image(contents, expand_animations=False)
+
+
+def _check_undecodable(
+  names: list[str], elements: list, decode: Callable, preprocess: dict[str, Any]
+) -> None:
+  """Checks that `elements` (file names or contents), which failed in the
+  pipeline, fail to decode alone.
 
   Decoding alone is retried for all of them in one parallel tf.data pass
   (far faster than eagerly when there are many). A file that decodes failed
@@ -589,13 +723,13 @@ def _check_undecodable(files: list[str], preprocess: dict[str, Any]) -> None:
   rather than the file skipped.
   """
   tf = _tf()
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
-  ds = _map(ds, lambda i, file: (i, tf.shape(_decode_file(file))))
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(elements)), elements))
+  ds = _map(ds, lambda i, element: (i, tf.shape(decode(element))))
   for i, _ in ds.ignore_errors().take(1).as_numpy_iterator():
     # Preprocessing it again eagerly raises the real error, if it recurs.
-    _preprocess(_decode_file(files[i]), **preprocess)
+    _preprocess(decode(elements[i]), **preprocess)
     raise RuntimeError(
-      f'{files[i]} decodes, yet failed in the input pipeline (out of memory?).'
+      f'{names[i]} decodes, yet failed in the input pipeline (out of memory?).'
     )
 
 
@@ -731,43 +865,47 @@ def _run_pipeline(
 # Disk cache.
 
 
-def _cache_path(
-  cache_dir: str | None,
-  source: tuple[str, str],
+def _cache_key(
+  source: _Source,
   split: str,
   image_size: int,
   num_channels: int,
   crop: str,
   image_key: str,
-) -> tuple[str, int | None]:
-  """The cache file, and for 'folder:' the number of files it is keyed by."""
-  if cache_dir is None:
-    raise ValueError("cache='disk' needs a directory: set config.cache_dir.")
-  if '://' in cache_dir:
-    raise ValueError(
-      f'config.cache_dir must be a local directory (it is memory-mapped), '
-      f'got {cache_dir!r}.'
-    )
-  kind, name = source
-  num_files = None
-  if kind == 'folder':  # Keyed by path, file names and sizes.
-    files = _list_folder(name)
-    num_files = len(files)
-    sizes = [os.path.getsize(os.path.join(name, f)) for f in files]
-    listing = repr((name, files, sizes)).encode()
-    name = 'folder-' + hashlib.sha256(listing).hexdigest()[:12]
+) -> str:
+  """The disk cache's file name (no extension): the options, and for a
+  folder or an IDX directory its path and its files' names and sizes."""
+  name = source.name
+  if source.kind == 'folder':  # Keyed by path, file names and sizes.
+    names = [f for f, _ in source.listing]
+    sizes = [size for _, size in source.listing]
+    name = _hash(repr((source.name, names, sizes)))
     split = 'all'
-  elif kind == 'idx':  # Keyed by path, the split's file names and sizes.
-    files = [idx.idx_file(name, split, 'images')]
-    sizes = [os.path.getsize(f) for f in files]
-    listing = repr((name, files, sizes)).encode()
-    name = 'idx-' + hashlib.sha256(listing).hexdigest()[:12]
-  parts = [name, split]
+  elif source.kind == 'idx':  # Keyed by path, the split's file names and sizes.
+    names = [idx.idx_file(source.name, split, 'images')]
+    sizes = [files.size(f) for f in names]
+    name = _hash(repr((source.name, names, sizes)))
+  return _safe_name(source.kind, name, split, image_size, num_channels, crop, image_key)
+
+
+def _hash(text: str) -> str:
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _safe_name(
+  kind: str,
+  name: str,
+  split: str,
+  image_size: int,
+  num_channels: int,
+  crop: str,
+  image_key: str,
+) -> str:
+  parts = [name if kind == 'tfds' else f'{kind}-{name}', split]
   if image_key != 'image':
     parts.append(image_key)
   parts += [f'{image_size}x{image_size}x{num_channels}', crop, _CACHE_FORMAT]
-  safe = ''.join(c if c.isalnum() or c in '._-' else '_' for c in '-'.join(parts))
-  return os.path.join(os.path.expanduser(cache_dir), safe + '.npy'), num_files
+  return ''.join(c if c.isalnum() or c in '._-' else '_' for c in '-'.join(parts))
 
 
 def _read_cache(path: str, shape_tail: tuple[int, ...]) -> np.ndarray | None:
@@ -859,12 +997,14 @@ def load_labels(
   ValueError for 'folder:' data sets and for TFDS data sets without a
   ClassLabel `label_key`.
   """
-  kind, name = _parse_dataset(dataset)
+  kind, name, _ = _parse_dataset(dataset)
   if kind == 'folder':
     raise ValueError(f'{dataset!r} is a folder of images: it has no labels.')
   if kind == 'idx':
     labels = idx.idx_labels(name, split)
     return labels, max(10, int(labels.max(initial=-1)) + 1)
+  if data_dir is not None:
+    data_dir = files.check(data_dir, 'config.data_dir')
   tfds = _tfds()
   builder = _tfds_builder(name, data_dir, download)
   features = builder.info.features

@@ -1,6 +1,6 @@
 """Functions of image batches, spread over every local device."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -9,18 +9,21 @@ import numpy as np
 from dcgan_jax.data import input_pipeline
 
 
-def batched_apply(
+def batched_outputs(
   fn: Callable[[Any, jax.Array], Any],
   variables: Any,
   images: np.ndarray,
   batch_size: int,
-) -> Any:
-  """fn(variables, x) over uint8 images, x on [-1, 1] floats.
+  indices: np.ndarray | None = None,
+) -> Iterator[Any]:
+  """fn(variables, x) over uint8 images, x on [-1, 1] floats, batch by batch:
+  yields each batch's outputs (numpy, padding dropped), in order.
 
-  Fixed-size batches (the last one padded; batch_size rounded up to a
-  multiple of the local devices) are split across all local devices, the
-  variables replicated on them; the outputs' rows are concatenated on host,
-  padding dropped.
+  Only one batch of images is converted to floats at a time, so `images`
+  may be a memory-mapped data set of any size; `indices` (rows of `images`)
+  restricts the pass to those rows. Fixed-size batches (the last one padded;
+  batch_size rounded up to a multiple of the local devices) are split
+  across all local devices, the variables replicated on them once.
   """
   devices = jax.local_devices()
   mesh = jax.sharding.Mesh(np.array(devices), ('batch',))
@@ -28,13 +31,26 @@ def batched_apply(
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch_size = -(-batch_size // len(devices)) * len(devices)
   variables = jax.device_put(variables, replicated)
-  outputs = []
-  for start in range(0, len(images), batch_size):
-    batch = input_pipeline.scale_images(images[start : start + batch_size])
+  num = len(images) if indices is None else len(indices)
+  for start in range(0, num, batch_size):
+    stop = min(start + batch_size, num)
+    chosen = images[start:stop] if indices is None else images[indices[start:stop]]
+    batch = input_pipeline.scale_images(chosen)
     n = len(batch)
     if n < batch_size:
       batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]))])
     x = jax.device_put(np.asarray(batch, np.float32), rows)
     out = jax.device_get(fn(variables, x))
-    outputs.append(jax.tree.map(lambda x, n=n: np.asarray(x[:n]), out))
+    yield jax.tree.map(lambda x, n=n: np.asarray(x[:n]), out)
+
+
+def batched_apply(
+  fn: Callable[[Any, jax.Array], Any],
+  variables: Any,
+  images: np.ndarray,
+  batch_size: int,
+  indices: np.ndarray | None = None,
+) -> Any:
+  """`batched_outputs` with the rows of every batch concatenated on host."""
+  outputs = list(batched_outputs(fn, variables, images, batch_size, indices))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)

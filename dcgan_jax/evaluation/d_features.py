@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -152,26 +153,61 @@ def discriminator_features(
   runs over fixed-size batches (the last one padded), so any N compiles
   once. See the module docstring for what the features are and how many.
   """
+  return features_fn(config, d_variables, batch_size=batch_size)(images_uint8)
+
+
+def features_fn(
+  config: ml_collections.ConfigDict,
+  d_variables: dict[str, Any],
+  *,
+  batch_size: int = 256,
+) -> Callable[[np.ndarray], np.ndarray]:
+  """`discriminator_features` as a function of the images alone, D's
+  variables placed on the device once: for calls on many chunks of a data
+  set (the memorisation search streams the training set through it)."""
   discriminator = discriminator_for(config)
   want = (config.image_size, config.image_size, config.num_channels)
-  images = np.asarray(images_uint8)
-  if images.ndim != 4 or tuple(images.shape[1:]) != want or images.dtype != np.uint8:
-    raise ValueError(
-      f"Expected uint8 images [N, {', '.join(map(str, want))}] (the config's "
-      f'image_size and num_channels), got {images.dtype} {images.shape}.'
-    )
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}.')
   variables = jax.device_put(  # Once, not with every batch.
     {'params': d_variables['params'], 'batch_stats': d_variables.get('batch_stats', {})}
   )
-  out = np.empty((len(images), feature_count(config)), np.float32)
-  for start in range(0, len(images), batch_size):
-    batch = input_pipeline.scale_images(images[start : start + batch_size])
-    n = len(batch)
-    if n < batch_size:
-      pad = np.zeros((batch_size - n, *batch.shape[1:]), np.float32)
-      batch = np.concatenate([batch, pad])
-    features = _pooled_features(discriminator, variables, jnp.asarray(batch))
-    out[start : start + n] = np.asarray(features[:n])
-  return out
+  num_features = feature_count(config)
+
+  def features(images_uint8: np.ndarray) -> np.ndarray:
+    images = np.asarray(images_uint8)
+    if images.ndim != 4 or tuple(images.shape[1:]) != want or images.dtype != np.uint8:
+      raise ValueError(
+        f"Expected uint8 images [N, {', '.join(map(str, want))}] (the config's "
+        f'image_size and num_channels), got {images.dtype} {images.shape}.'
+      )
+    out = np.empty((len(images), num_features), np.float32)
+    for start in range(0, len(images), batch_size):
+      batch = input_pipeline.scale_images(images[start : start + batch_size])
+      n = len(batch)
+      if n < batch_size:
+        pad = np.zeros((batch_size - n, *batch.shape[1:]), np.float32)
+        batch = np.concatenate([batch, pad])
+      maps = _pooled_features(discriminator, variables, jnp.asarray(batch))
+      out[start : start + n] = np.asarray(maps[:n])
+    return out
+
+  return features
+
+
+def workspace_bytes(config: ml_collections.ConfigDict, batch_size: int = 256) -> int:
+  """Bytes `features_fn` allocates per call besides its output: one batch of
+  float images and D's float32 feature maps for it (an estimate)."""
+  discriminator = discriminator_for(config)
+  x = jax.ShapeDtypeStruct(
+    (1, config.image_size, config.image_size, config.num_channels), jnp.float32
+  )
+  variables = jax.eval_shape(
+    lambda x: discriminator.init(jax.random.key(0), x, train=False), x
+  )
+  maps = jax.eval_shape(
+    lambda v, x: layer_activations(discriminator, v, x), variables, x
+  )
+  # The batch on host and on device; each map before and after LeakyReLU.
+  per_image = 2 * x.size + 2 * sum(m.size for m in maps)
+  return 4 * batch_size * per_image

@@ -21,14 +21,23 @@ evaluation calls); `evaluate` scores the latest checkpoint of a workdir (the
   train-to-train distances (`memorization`).
 
 Reports go to W/eval/report_step_<step>.json and TensorBoard in W/eval;
-only process 0 writes. Nothing here imports the trainer: the evaluator is
-handed what it scores.
+only process 0 writes. W may be a gs:// URL: every cache, report and figure
+goes through `util.files`. Nothing here imports the trainer: the evaluator
+is handed what it scores.
+
+Memory: the training images arrive as one uint8 array (memory-mapped with
+config.cache='disk'), and every metric streams over it in batches or chunks
+(`batching`, `memorization`), never converting it to floats as a whole;
+before each metric group runs, its estimated peak is logged and checked
+against the available memory (`memory`), so a metric that cannot fit stops
+with a one-line error naming what to change instead of the process being
+killed.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -39,7 +48,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metric_writers
 from flax import serialization
 from scipy import special
 
@@ -53,11 +61,12 @@ from dcgan_jax.evaluation import (
   inception,
   label_classifier,
   memorization,
+  memory,
 )
-from dcgan_jax.util import figures, files
+from dcgan_jax.util import event_writer, figures, files
 
 METRICS = config_checks.EVAL_METRICS
-CLASSIFIER_DIR = os.path.join(rundir.EVAL_DIR, 'classifier')
+CLASSIFIER_DIR = files.join(rundir.EVAL_DIR, 'classifier')
 DEFAULT_TRAINING = label_classifier.ClassifierTraining()
 # A class is "missing" when it gets less than this share of the uniform 1/K.
 MISSING_CLASS_SHARE = 0.1
@@ -65,6 +74,21 @@ MISSING_CLASS_SHARE = 0.1
 KID_REFERENCE_SIZE = 5000
 # Samples whose nearest training images are searched ('memorization').
 MEMORIZATION_SAMPLES = 2000
+# Training images whose distance to their nearest other one is the reference.
+MEMORIZATION_TRAIN_PAIRS = 1000
+# Training rows the memorisation search holds at once: the first that fits
+# in the available memory.
+MEMORIZATION_CHUNK_ROWS = (4096, 2048, 1024, 512, 256)
+# Images per batch of the classifier's and Inception's passes.
+CLASSIFIER_BATCH = 256
+INCEPTION_BATCH = 100
+# Float32 values of the FID Inception network's live activations per image
+# at its peak: XLA's temporary buffers for a batch of 100 on CPU are 0.83 GB
+# (its memory_analysis()), 2.07M values per image.
+INCEPTION_ACTIVATIONS_PER_IMAGE = 2_100_000
+# The weights (96 MB of float32): the file's bytes, its arrays and the
+# network's variables on the device.
+INCEPTION_WEIGHT_BYTES = 3 * 96 << 20
 
 DESCRIPTIONS = {
   'classifier_fd': (
@@ -147,32 +171,30 @@ def load_or_train_classifier(
   config: ml_collections.ConfigDict,
   real_images: np.ndarray,
   training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+  labels: tuple[np.ndarray, int] | None = None,
 ) -> label_classifier.Classifier:
   """The classifier cached in W/eval/classifier/ if its fingerprint (data set,
-  split, size, channels, training) matches, else trained now and cached."""
-  labels, num_classes = load_labels(config)
+  split, size, channels, training) matches, else trained now and cached.
+  `labels`: the (labels, num_classes) of `load_labels`, if already loaded."""
+  labels, num_classes = labels or load_labels(config)
   if len(labels) != len(real_images):
     raise ValueError(
       f'{config.dataset!r} has {len(labels)} labels but {len(real_images)} images.'
     )
   fingerprint = f'{_data_fingerprint(config, len(labels))} {training.describe()}'
-  directory = os.path.join(workdir, CLASSIFIER_DIR)
-  meta_path = os.path.join(directory, 'classifier.json')
-  params_path = os.path.join(directory, 'params.msgpack')
+  directory = files.join(workdir, CLASSIFIER_DIR)
+  meta_path = files.join(directory, 'classifier.json')
+  params_path = files.join(directory, 'params.msgpack')
   module = label_classifier.FeatureClassifier(num_classes)
-  if os.path.exists(meta_path) and os.path.exists(params_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
+  if files.exists(meta_path) and files.exists(params_path):
+    meta = files.read_json(meta_path)
     if meta.get('fingerprint') == fingerprint:
       x0 = jnp.zeros((1, *real_images.shape[1:]), jnp.float32)
       target = jax.eval_shape(module.init, jax.random.key(training.seed), x0)
-      target = target['params']
-      with open(params_path, 'rb') as f:
-        params = serialization.from_bytes(target, f.read())
+      params = serialization.from_bytes(target['params'], files.read_bytes(params_path))
       return label_classifier.Classifier(
         module, params, fingerprint, meta['test_accuracy'], True
       )
-  os.makedirs(directory, exist_ok=True)
   start = time.perf_counter()
   module, params, accuracy = label_classifier.train_classifier(
     real_images, labels, num_classes, training
@@ -185,8 +207,36 @@ def load_or_train_classifier(
     'num_classes': num_classes,
     'train_seconds': time.perf_counter() - start,
   }
-  files.write_atomic(meta_path, json.dumps(meta, indent=2))
+  files.write_json(meta_path, meta)
   return label_classifier.Classifier(module, params, fingerprint, accuracy, False)
+
+
+def classifier_estimate(
+  num_samples: int, image_shape: Sequence[int], num_classes: int, num_train: int
+) -> memory.Estimate:
+  """The 'classifier' metrics' peak memory: the samples' outputs and their
+  float64 statistics, and one batch of the passes over the samples and the
+  (streamed) training images with the CNN's activations for it."""
+  dim = math.prod(image_shape)
+  features = label_classifier.FeatureClassifier.feature_dim
+  outputs = num_samples * (num_classes + features) * 4 * 2  # Batches, joined.
+  float64 = num_samples * (num_classes + features) * 8 * 2  # Softmax; stats.
+  activations = 32 * 32 * 32 + 16 * 16 * 64 + 8 * 8 * 64  # At most 32x32.
+  batch = CLASSIFIER_BATCH * (dim * (4 + 8 + 4 + 4) + activations * 4 * 2)
+  return memory.Estimate(
+    'classifier',
+    outputs + float64 + batch,
+    f'{num_samples:,} samples; the {num_train:,} training images streamed '
+    f'{CLASSIFIER_BATCH} at a time',
+    _remedy('classifier', 'the samples'),
+  )
+
+
+def _remedy(metric: str, what: str) -> str:
+  return (
+    f'its size grows with {what}: lower --num_samples (in training, '
+    f"--config.eval_num_samples), or leave '{metric}' out of the metrics"
+  )
 
 
 def classifier_metrics(
@@ -195,23 +245,35 @@ def classifier_metrics(
   images: np.ndarray,
   real_images: np.ndarray,
   training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+  *,
+  memory_limit: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(metrics, details) of uint8 samples read by the project's classifier."""
-  classifier = load_or_train_classifier(workdir, config, real_images, training)
-  stats_path = os.path.join(workdir, CLASSIFIER_DIR, 'real_stats.npz')
+  """(metrics, details) of uint8 samples read by the project's classifier.
+
+  The real images' feature statistics are a streamed pass over all of them
+  (float64 sums on host), cached in W/eval/classifier/real_stats.npz.
+  """
+  labels = load_labels(config)
+  memory_details = memory.check(
+    classifier_estimate(len(images), images.shape[1:], labels[1], len(real_images)),
+    memory.resolve_limit(memory_limit),
+  )
+  classifier = load_or_train_classifier(
+    workdir, config, real_images, training, labels=labels
+  )
+  stats_path = files.join(workdir, CLASSIFIER_DIR, 'real_stats.npz')
   fingerprint = f'{classifier.fingerprint} penultimate'
   try:
     if not classifier.cached:  # Fresh parameters: recompute, whatever is there.
       raise FileNotFoundError(stats_path)
     real_stats = gan_metrics.FeatureStats.load(stats_path, fingerprint=fingerprint)
   except (FileNotFoundError, ValueError):
-    _, real_features = label_classifier.classifier_outputs(
-      classifier.module, classifier.params, real_images
+    real_stats = label_classifier.feature_stats(
+      classifier.module, classifier.params, real_images, CLASSIFIER_BATCH
     )
-    real_stats = gan_metrics.feature_stats(real_features)
     real_stats.save(stats_path, fingerprint=fingerprint)
   logits, features = label_classifier.classifier_outputs(
-    classifier.module, classifier.params, images
+    classifier.module, classifier.params, images, CLASSIFIER_BATCH
   )
   probs = special.softmax(logits.astype(np.float64), axis=1)
   num_classes = probs.shape[1]
@@ -225,11 +287,33 @@ def classifier_metrics(
     'classifier_test_accuracy': classifier.test_accuracy,
   }
   details = {'fingerprint': classifier.fingerprint, 'cached': classifier.cached}
-  return metrics, details
+  return metrics, {**details, 'memory': memory_details}
 
 
 # ----------------------------------------------------------------------------
 # Inception: FID, KID, IS.
+
+
+def inception_estimate(
+  num_samples: int, image_shape: Sequence[int], num_train: int
+) -> memory.Estimate:
+  """The 'inception' metrics' peak memory: the weights, the samples' pool3
+  features and logits with their float64 copies (statistics, softmax, KID),
+  the KID reference features and kernels, the statistics' sums, and one
+  batch at 299x299 with the network's activations for it."""
+  n, kid = num_samples, min(KID_REFERENCE_SIZE, num_train)
+  outputs = n * (2048 + 1008) * 4 * 2  # Batches, joined.
+  float64 = n * 1008 * 8 * 2 + n * 2048 * 8 * 3 + kid * 2048 * 8
+  reference = kid * 2048 * 4 * 2 + 2048 * 2048 * 8 * 4 + 3 * 1000 * 1000 * 8
+  per_image = math.prod(image_shape) * 4 * 3 + 299 * 299 * 3 * 4
+  batch = INCEPTION_BATCH * (per_image + INCEPTION_ACTIVATIONS_PER_IMAGE * 4)
+  return memory.Estimate(
+    'inception',
+    INCEPTION_WEIGHT_BYTES + outputs + float64 + reference + batch,
+    f'{num_samples:,} samples; the {num_train:,} training images streamed '
+    f'{INCEPTION_BATCH} at a time',
+    _remedy('inception', 'the samples'),
+  )
 
 
 def inception_metrics(
@@ -239,20 +323,26 @@ def inception_metrics(
   real_images: np.ndarray,
   *,
   weights: str | None = None,
-  batch_size: int = 100,
+  batch_size: int = INCEPTION_BATCH,
   seed: int = 0,
+  memory_limit: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """(metrics, details): FID, KID, IS of uint8 samples against the real images.
 
   The real images' pool3 statistics (and a fixed subset of at most
-  KID_REFERENCE_SIZE of their features, for KID) are cached in W/eval/ with a
-  fingerprint naming the data, the number of images and the weights file.
+  KID_REFERENCE_SIZE of their features, for KID) are a streamed pass over
+  all of them, cached in W/eval/ with a fingerprint naming the data, the
+  number of images and the weights file.
   """
+  memory_details = memory.check(
+    inception_estimate(len(images), images.shape[1:], len(real_images)),
+    memory.resolve_limit(memory_limit),
+  )
   module, variables = inception.load_fid_inception(weights)
   apply = functools.partial(_apply_inception, module)
   weights_name = os.path.basename(weights or inception.default_weights_path())
   fingerprint = f'{_data_fingerprint(config, len(real_images))} {weights_name} pool3'
-  path = os.path.join(workdir, rundir.EVAL_DIR, 'inception_real.npz')
+  path = files.join(workdir, rundir.EVAL_DIR, 'inception_real.npz')
   real = _load_inception_reference(path, fingerprint)
   cached = real is not None
   if real is None:
@@ -260,13 +350,13 @@ def inception_metrics(
       np.random.default_rng(0).permutation(len(real_images))[:KID_REFERENCE_SIZE]
     )
     accumulator = gan_metrics.StatsAccumulator()
-    kid_features = []
-    for start in range(0, len(real_images), batch_size):
-      chunk = real_images[start : start + batch_size]
-      feats = batching.batched_apply(apply, variables, chunk, batch_size)['pool3']
+    kid_features, start = [], 0
+    for out in batching.batched_outputs(apply, variables, real_images, batch_size):
+      feats = out['pool3']
       accumulator.update(feats)
-      in_chunk = subset[(subset >= start) & (subset < start + len(chunk))]
-      kid_features.append(feats[in_chunk - start])
+      in_batch = subset[(subset >= start) & (subset < start + len(feats))]
+      kid_features.append(feats[in_batch - start])
+      start += len(feats)
     real = accumulator.stats(), np.concatenate(kid_features).astype(np.float32)
     _save_inception_reference(path, fingerprint, *real)
   real_stats, real_kid_features = real
@@ -282,11 +372,10 @@ def inception_metrics(
   metrics = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'is': is_mean}
   metrics['is_std'] = is_std
   details = {'fingerprint': fingerprint, 'cached': cached, 'weights': weights_name}
-  return metrics, details
+  return metrics, {**details, 'memory': memory_details}
 
 
 def _save_inception_reference(path, fingerprint, stats, kid_features) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   stats.save(path + '.stats.npz', fingerprint=fingerprint)
   with files.atomic_write(path) as f:
     np.savez(f, kid_features=kid_features, fingerprint=np.str_(fingerprint))
@@ -294,13 +383,13 @@ def _save_inception_reference(path, fingerprint, stats, kid_features) -> None:
 
 def _load_inception_reference(path, fingerprint):
   """(FeatureStats, KID features) if cached for `fingerprint`, else None."""
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
   try:
     stats = gan_metrics.FeatureStats.load(path + '.stats.npz', fingerprint=fingerprint)
   except (FileNotFoundError, ValueError):
     return None
-  with np.load(path, allow_pickle=False) as data:
+  with files.open(path) as f, np.load(f, allow_pickle=False) as data:
     if str(data['fingerprint']) != fingerprint:
       return None
     return stats, data['kid_features']
@@ -320,23 +409,64 @@ def compute_metrics(
   inception_weights: str | None = None,
   classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
   seed: int = 0,
+  memory_limit: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(metrics, details per metric group) of uint8 images [N, S, S, C]."""
+  """(metrics, details per metric group) of uint8 images [N, S, S, C].
+
+  Each metric group first logs its estimated peak memory and stops with a
+  `memory.MemoryLimitError` if that exceeds `memory_limit` (bytes; None:
+  the memory available now).
+  """
   _check_metrics(metrics)
   if real_images is None:
     real_images = loader.load_data(config, workdir)
   values, details = {}, {}
   if 'classifier' in metrics:
     v, details['classifier'] = classifier_metrics(
-      workdir, config, images, real_images, classifier_training
-    )
+      workdir, config, images, real_images, classifier_training,
+      memory_limit=memory_limit,
+    )  # fmt: skip
     values.update(v)
   if 'inception' in metrics:
     v, details['inception'] = inception_metrics(
-      workdir, config, images, real_images, weights=inception_weights, seed=seed
-    )
+      workdir, config, images, real_images, weights=inception_weights, seed=seed,
+      memory_limit=memory_limit,
+    )  # fmt: skip
     values.update(v)
   return values, details
+
+
+def memorization_estimate(
+  config: ml_collections.ConfigDict,
+  num_samples: int,
+  num_train: int,
+  chunk_rows: int = MEMORIZATION_CHUNK_ROWS[0],
+) -> memory.Estimate:
+  """The 'memorization' metrics' peak memory (`memorization.report_bytes`
+  with D's feature count and what making a chunk of features takes), with
+  `chunk_rows` training rows at once."""
+  image_shape = (config.image_size, config.image_size, config.num_channels)
+  num_features, workspace = None, 0
+  if config.model.arch != 'mlp':
+    num_features = d_features.feature_count(config)
+    workspace = d_features.workspace_bytes(config)
+  pairs = min(MEMORIZATION_TRAIN_PAIRS, num_train)
+  total = memorization.report_bytes(
+    num_samples, image_shape, num_train=num_train, num_features=num_features,
+    feature_workspace=workspace, num_train_pairs=pairs, chunk_rows=chunk_rows,
+  )  # fmt: skip
+  spaces = 'pixel and D-feature space' if num_features else 'pixel space'
+  return memory.Estimate(
+    'memorization',
+    total,
+    f'{num_samples:,} samples and {pairs:,} training images searched in '
+    f'{spaces}, the {num_train:,} training images streamed {chunk_rows:,} at '
+    'a time',
+    f'it holds at least {MEMORIZATION_CHUNK_ROWS[-1]} training images at a '
+    f'time and grows with the samples searched, min({MEMORIZATION_SAMPLES}, '
+    'num_samples): lower --num_samples (in training, '
+    "--config.eval_num_samples), or leave 'memorization' out of the metrics",
+  )
 
 
 def memorization_metrics(
@@ -347,28 +477,47 @@ def memorization_metrics(
   real_images: np.ndarray,
   *,
   seed: int = 0,
+  memory_limit: int | None = None,
+  chunk_rows: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """(metrics, details): nearest training images of the samples, in pixel
   space and in the space of D's pooled convolutional features (the linear
-  probe's), written as W/eval/memorization_step_<step>_*.png."""
+  probe's), written as W/eval/memorization_step_<step>_*.png.
+
+  The training images (uint8, possibly memory-mapped) are streamed through
+  the search `chunk_rows` at a time (None: the largest of
+  MEMORIZATION_CHUNK_ROWS whose estimated peak fits in `memory_limit`, or
+  in the memory available now); their D features are made a chunk at a
+  time, never all at once. The chunk size does not change the results.
+  """
   step = int(state.step)
+  limit = memory.resolve_limit(memory_limit)
+  for rows in (chunk_rows,) if chunk_rows else MEMORIZATION_CHUNK_ROWS:
+    estimate = memorization_estimate(config, len(samples), len(real_images), rows)
+    if estimate.bytes <= limit[0]:
+      break
+  memory_details = memory.check(estimate, limit)
   features = {}
   if config.model.arch != 'mlp':  # D without convolutions: pixels only.
     d_variables = {'params': state.d_params, 'batch_stats': state.d_batch_stats}
+    d_fn = d_features.features_fn(config, d_variables)
     features = {
-      'sample_features': d_features.discriminator_features(
-        config, d_variables, samples
-      ),
-      'train_features': d_features.discriminator_features(
-        config, d_variables, real_images
+      'sample_features': d_fn(samples),
+      'train_features': memorization.Rows(
+        len(real_images),
+        d_features.feature_count(config),
+        lambda indices: d_fn(real_images[indices]),
+        name="D's features of the training images",
       ),
     }
   result = memorization.memorization_report(
     samples,
     real_images,
-    out_dir=os.path.join(workdir, rundir.EVAL_DIR),
+    out_dir=files.join(workdir, rundir.EVAL_DIR),
     prefix=f'memorization_step_{step}',
     seed=seed,
+    num_train_pairs=MEMORIZATION_TRAIN_PAIRS,
+    chunk_rows=rows,
     **features,
   )
   metrics, pictures = {}, {}
@@ -383,7 +532,7 @@ def memorization_metrics(
     metrics[f'memorization_{space}_median_ratio'] = part['median_ratio']
     pictures[f'memorization_neighbours_{space}'] = part['neighbours_png']
     pictures[f'memorization_distances_{space}'] = part['distances_png']
-  return metrics, {**result, 'figures': pictures}
+  return metrics, {**result, 'figures': pictures, 'memory': memory_details}
 
 
 def _check_metrics(metrics: Sequence[str]) -> None:
@@ -442,6 +591,7 @@ def evaluate_generator(
   classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
   cache_workdir: str | None = None,
   skipped: dict[str, str] | None = None,
+  memory_limit: int | None = None,
 ) -> dict[str, Any]:
   """Scores the generator of `state` (a single GAN of the run in `workdir`).
 
@@ -453,7 +603,9 @@ def evaluate_generator(
   `write_report`) and returns it. The classifier and the real images'
   statistics are cached under `cache_workdir` (default: `workdir`), so the
   GANs of one ensemble share them. `skipped` (metric -> why it did not run)
-  is recorded in the report.
+  is recorded in the report. Before each metric group runs, its estimated
+  peak memory is logged and checked against `memory_limit` (bytes; None:
+  the memory available then): see `memory`.
   """
   _check_metrics(metrics)
   if num_samples < 10:
@@ -478,13 +630,14 @@ def evaluate_generator(
       inception_weights=inception_weights,
       classifier_training=classifier_training,
       seed=seed,
+      memory_limit=memory_limit,
     )
     per_seed.append(values)
     if seed == seeds[0]:
       first_images = images[:MEMORIZATION_SAMPLES]
     if 'classifier' in metrics and not pictures and jax.process_index() == 0:
       pictures['class_coverage'] = figures.coverage_png(
-        os.path.join(workdir, rundir.EVAL_DIR, f'class_coverage_step_{step}.png'),
+        files.join(workdir, rundir.EVAL_DIR, f'class_coverage_step_{step}.png'),
         values['class_fractions'],
         title=f'step {step}: share of {num_samples} samples per class',
         missing_share=MISSING_CLASS_SHARE,
@@ -492,8 +645,9 @@ def evaluate_generator(
   values, spread = aggregate(per_seed)
   if 'memorization' in metrics and jax.process_index() == 0:  # Writes PNGs.
     v, details['memorization'] = memorization_metrics(
-      workdir, config, state, first_images, real_images, seed=seeds[0]
-    )
+      workdir, config, state, first_images, real_images, seed=seeds[0],
+      memory_limit=memory_limit,
+    )  # fmt: skip
     values.update(v)
     pictures.update(details['memorization'].pop('figures'))
   report = {
@@ -554,6 +708,7 @@ def evaluate(
   seeds: Sequence[int] = (0,),
   inception_weights: str | None = None,
   classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
+  memory_limit: int | None = None,
 ) -> dict[str, Any]:
   """Scores the latest checkpoint of `workdir`; writes and returns the report.
 
@@ -567,6 +722,11 @@ def evaluate(
   member (each member's report in its own W/seed_<s>/eval/), and the
   report in W/eval/ gives the mean over the K GANs in `metrics` and their
   spread: the seed-to-seed variation of training.
+
+  `workdir` is a local directory or a gs:// URL; the training images are
+  read as the config says (uint8, memory-mapped with config.cache='disk')
+  and every metric streams over them, checking its estimated peak memory
+  against `memory_limit` (bytes; None: the memory available) first.
   """
   config = rundir.load_config(workdir)
   skipped = {}
@@ -593,6 +753,7 @@ def evaluate(
       classifier_training=classifier_training,
       cache_workdir=workdir,
       skipped=skipped,
+      memory_limit=memory_limit,
     )
     for run in runs
   ]
@@ -610,7 +771,7 @@ def evaluate(
     'descriptions': reports[0]['descriptions'],
     **({'skipped': skipped} if skipped else {}),
     'member_reports': [
-      os.path.join(run.workdir, rundir.EVAL_DIR, f'report_step_{r["step"]}.json')
+      files.join(run.workdir, rundir.EVAL_DIR, f'report_step_{r["step"]}.json')
       for r, run in zip(reports, runs, strict=True)
     ],
     'seconds': round(sum(r['seconds'] for r in reports), 2),
@@ -622,16 +783,15 @@ def evaluate(
 def write_report(workdir: str, report: dict[str, Any]) -> str:
   """Writes the JSON report atomically and the scalars (and their spread,
   as '<name>_std') to TensorBoard in W/eval; only process 0 writes."""
-  directory = os.path.join(workdir, rundir.EVAL_DIR)
-  path = os.path.join(directory, f'report_step_{report["step"]}.json')
+  directory = files.join(workdir, rundir.EVAL_DIR)
+  path = files.join(directory, f'report_step_{report["step"]}.json')
   if jax.process_index() != 0:
     return path
-  os.makedirs(directory, exist_ok=True)
-  files.write_atomic(path, json.dumps(report, indent=2))
+  files.write_json(path, report)
   scalars = {f'eval/{k}': v for k, v in report['metrics'].items() if np.isscalar(v)}
   for k, v in report.get('spread', {}).items():
     scalars[f'eval/{k}_std'] = v['std']
-  writer = metric_writers.create_default_writer(directory)
+  writer = event_writer.create_writer(directory)
   writer.write_scalars(report['step'], scalars)
   writer.flush()
   writer.close()
@@ -659,6 +819,14 @@ def summary(report: dict[str, Any]) -> str:
     lines.append(f'  {name}: {value}')
   for name, path in report.get('figures', {}).items():
     lines.append(f'  {name}: {path}')
+  for name, details in report.get('details', {}).items():
+    if 'memory' in details:
+      m = details['memory']
+      lines.append(
+        f'  memory: {name} about {memory.gigabytes(m["estimated_peak_bytes"])} at '
+        f'its peak ({m["what"]}), of {memory.gigabytes(m["available_bytes"])} '
+        f'available'
+      )
   for name, why in report.get('skipped', {}).items():
     lines.append(f'  not run: {name}: {why.splitlines()[0]}')
   return '\n'.join(lines)

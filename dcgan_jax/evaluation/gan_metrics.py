@@ -21,6 +21,7 @@ float64.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import jax
@@ -100,7 +101,8 @@ class FeatureStats:
     return self.mean.size
 
   def save(self, path: str, *, fingerprint: str) -> None:
-    """Writes .npz with count, mean, cov, fingerprint (temp file + rename).
+    """Writes .npz with count, mean, cov, fingerprint, atomically (a local
+    path or a URL).
 
     `fingerprint` says what these are statistics of, e.g.
     'cifar10 train 32x32 inception-v3-tf pool3'; `load` checks it.
@@ -119,7 +121,7 @@ class FeatureStats:
   def load(cls, path: str, *, fingerprint: str) -> FeatureStats:
     """Reads `save`'s .npz; ValueError if its fingerprint is not `fingerprint`."""
     _check_fingerprint_arg(fingerprint)
-    with np.load(path, allow_pickle=False) as data:
+    with files.open(path) as f, np.load(f, allow_pickle=False) as data:
       missing = {'count', 'mean', 'cov', 'fingerprint'} - set(data.files)
       if missing:
         raise ValueError(
@@ -161,6 +163,35 @@ def feature_stats(features: np.ndarray) -> FeatureStats:
   mean = x.mean(axis=0)
   centered = x - mean
   return FeatureStats(len(x), mean, centered.T @ centered / (len(x) - 1))
+
+
+def streamed_feature_stats(batches: Iterable[np.ndarray]) -> FeatureStats:
+  """FeatureStats of feature batches [n_i, d] (at least 2 rows in all),
+  accumulated on host in float64 about the first batch's mean, so memory
+  does not grow with the number of rows. Equal to `feature_stats` of the
+  rows joined up to float64 round-off (for low-dimensional features; for
+  2048-d ones `StatsAccumulator` sums on device)."""
+  count, shift, total, total_outer = 0, None, None, None
+  for batch in batches:
+    x = np.asarray(batch, np.float64)
+    if not len(x):
+      continue
+    x = _as_features('features', x)
+    if shift is None:
+      shift = x.mean(axis=0)
+      total, total_outer = np.zeros_like(shift), np.zeros((len(shift),) * 2)
+    _check_same_dim('features', x.shape[1], 'the first batch', len(shift))
+    y = x - shift
+    count += len(y)
+    total += y.sum(axis=0)
+    total_outer += y.T @ y
+  if count < 2:
+    raise ValueError(
+      f'{count} feature rows; the covariance needs at least 2: pass more samples.'
+    )
+  centered_mean = total / count
+  cov = (total_outer - count * np.outer(centered_mean, centered_mean)) / (count - 1)
+  return FeatureStats(count, shift + centered_mean, 0.5 * (cov + cov.T))
 
 
 # ----------------------------------------------------------------------------

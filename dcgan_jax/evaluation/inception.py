@@ -453,11 +453,11 @@ def resolve_weights(path: str | None, download: bool = True) -> str:
   else the cache, downloaded once if `download`; FileNotFoundError saying
   where to put it otherwise."""
   if path is not None:
-    if not os.path.exists(path):
+    if not files.exists(path):
       raise FileNotFoundError(_missing_message(path, 'was given as path'))
     return path
   path = default_weights_path()
-  if os.path.exists(path):
+  if files.exists(path):
     return path
   if not download:
     raise FileNotFoundError(_missing_message(path, 'is missing (download=False)'))
@@ -471,11 +471,12 @@ def resolve_weights(path: str | None, download: bool = True) -> str:
 
 
 def _missing_message(path: str, what: str) -> str:
+  path = files.absolute(path, 'Inception weights')
   return (
-    f'FID Inception weights not found: {os.path.abspath(path)} {what}. '
+    f'FID Inception weights not found: {path} {what}. '
     f"Download pytorch-fid's {FID_WEIGHTS_URL} (SHA-256 starts with "
     f'{FID_WEIGHTS_SHA256_PREFIX}) on a machine with internet access and put '
-    f'it at {os.path.abspath(path)}; or put it anywhere and set '
+    f'it at {path}; or put it anywhere (a local path or a gs:// URL) and set '
     f'${WEIGHTS_ENV_VAR} to its path (or pass path=).'
   )
 

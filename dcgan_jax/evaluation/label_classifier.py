@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from dcgan_jax.data import input_pipeline
-from dcgan_jax.evaluation import batching
+from dcgan_jax.evaluation import batching, gan_metrics
 
 _CLASSIFIER_VERSION = 'cnn-v1'  # Bump when the architecture or training changes.
 
@@ -110,9 +110,12 @@ def train_classifier(
     batch, order = order[: training.batch_size], order[training.batch_size :]
     x = input_pipeline.scale_images(images[np.sort(batch)])
     params, opt_state = step(params, opt_state, x, labels[np.sort(batch)])
-  logits, _ = classifier_outputs(module, params, images[test_idx])
-  accuracy = float((logits.argmax(axis=1) == labels[test_idx]).mean())
-  return module, params, accuracy
+  correct, start = 0, 0  # Held-out accuracy, batch by batch.
+  for logits, _ in _outputs(module, params, images, 256, test_idx):
+    predicted = logits.argmax(axis=1)
+    correct += int((predicted == labels[test_idx[start : start + len(logits)]]).sum())
+    start += len(logits)
+  return module, params, correct / len(test_idx)
 
 
 def classifier_outputs(
@@ -121,6 +124,22 @@ def classifier_outputs(
   """(logits [N, K], features [N, 128]) of uint8 images [N, H, W, C]."""
   return batching.batched_apply(
     functools.partial(_apply_classifier, module), params, images, batch_size
+  )
+
+
+def feature_stats(
+  module: FeatureClassifier, params: Any, images: np.ndarray, batch_size: int = 256
+) -> gan_metrics.FeatureStats:
+  """Mean and covariance of the features of uint8 images [N, H, W, C] (any
+  N, e.g. a memory-mapped training set): one pass, batch by batch."""
+  return gan_metrics.streamed_feature_stats(
+    features for _, features in _outputs(module, params, images, batch_size)
+  )
+
+
+def _outputs(module, params, images, batch_size, indices=None):
+  return batching.batched_outputs(
+    functools.partial(_apply_classifier, module), params, images, batch_size, indices
   )
 
 

@@ -13,7 +13,13 @@ in any feature space (e.g. discriminator features, which ignore small
 shifts that pixel distances punish). Everything here is a pure function of
 arrays; the evaluation command wires it to checkpoints and data sets.
 
-- `nearest_neighbours`: exact k-NN, float32 on device in chunks, the
+Memory does not grow with the training set: the search streams over it,
+`chunk_rows` training rows at a time (uint8 images, possibly memory-mapped,
+become floats a chunk at a time; features can be made a chunk at a time,
+`Rows`), keeping only a running top k per query. `report_bytes` estimates
+the peak.
+
+- `nearest_neighbours`: exact k-NN, float32 on device chunk by chunk, the
   candidates re-measured in float64 on host and certified against a
   float32 round-off bound (queries that cannot be certified are redone in
   float64 on host).
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -36,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dcgan_jax.util import figures
+from dcgan_jax.util import figures, files
 
 # Candidates kept per query on device: k + max(k, _MIN_MARGIN).
 _MIN_MARGIN = 16
@@ -45,7 +51,13 @@ _MIN_MARGIN = 16
 _F32_ERROR_SAFETY = 2.0
 _F32_UNIT_ROUNDOFF = 2.0**-24
 # Elements of the [queries, candidates, dim] float64 block re-measured at once.
-_HOST_BLOCK_ELEMENTS = 1 << 22
+_HOST_BLOCK_ELEMENTS = 1 << 18
+# References held at once by a search (default): it streams over the rest.
+CHUNK_ROWS = 4096
+# References centred in float64 at once.
+_CENTRE_BLOCK = 1024
+# The index of "no neighbour" (sorts after every real one).
+_NO_INDEX = np.iinfo(np.int64).max
 # Quantiles reported by `distance_summary`, by name.
 QUANTILES = (
   ('min', 0.0),
@@ -60,7 +72,77 @@ QUANTILES = (
 )
 
 # ----------------------------------------------------------------------------
-# Exact k nearest neighbours.
+# Exact k nearest neighbours, streamed over the references.
+
+
+class Rows:
+  """Vectors [num_rows, dim] made on demand, a chunk at a time.
+
+  `get(indices)` returns the rows of sorted int64 indices as a 2-D array of
+  real numbers. For references too large to hold as floats: the training
+  images as pixels (`pixel_rows`), or a network's features of them, made
+  chunk by chunk while the search streams over them.
+  """
+
+  def __init__(
+    self,
+    num_rows: int,
+    dim: int,
+    get: Callable[[np.ndarray], Any],
+    *,
+    name: str = 'references',
+    checked: bool = False,
+  ):
+    if num_rows < 1 or dim < 1:
+      raise ValueError(
+        f'{name} must hold at least one vector of at least one value, got '
+        f'{num_rows} rows of {dim}.'
+      )
+    self.num_rows, self.dim, self.name = int(num_rows), int(dim), name
+    self._get = get
+    self._checked = checked  # Rows already known to be finite.
+
+  @classmethod
+  def of_array(cls, name: str, x: Any) -> Rows:
+    """The rows of an array [N, ...] (each flattened), checked once."""
+    x = _as_vectors(name, x)
+    return cls(len(x), x.shape[1], x.__getitem__, name=name, checked=True)
+
+  def __len__(self) -> int:
+    return self.num_rows
+
+  def take(self, indices: Any) -> np.ndarray:
+    """Rows `indices` as an array [len(indices), dim], checked finite."""
+    indices = np.asarray(indices, np.int64)
+    x = np.asarray(self._get(indices))
+    if x.shape != (len(indices), self.dim) or not (
+      np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    ):
+      raise ValueError(
+        f'{self.name}: expected real rows [{len(indices)}, {self.dim}], got '
+        f'{x.dtype} {x.shape}.'
+      )
+    if not self._checked and np.issubdtype(x.dtype, np.floating):
+      bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+      if bad.size:
+        raise ValueError(
+          f'{self.name} has non-finite values (NaN or inf), first in row '
+          f'{indices[bad[0]]}: check the generator and feature outputs.'
+        )
+    return x
+
+
+def pixel_rows(images_uint8: np.ndarray) -> Rows:
+  """uint8 images [N, H, W, C] (e.g. memory-mapped) as `Rows` of pixels on
+  [-1, 1], converted to floats only a chunk at a time."""
+  images = figures.check_images('train_uint8', images_uint8)
+  return Rows(
+    len(images),
+    math.prod(images.shape[1:]),
+    lambda indices: _pixels(images[indices]),
+    name='training pixels',
+    checked=True,
+  )
 
 
 def _as_vectors(name: str, x: Any) -> np.ndarray:
@@ -90,16 +172,21 @@ def _rows64(x: np.ndarray, rows: Any) -> np.ndarray:
   return np.asarray(x[rows], np.float64)
 
 
-def _column_mean(x: np.ndarray) -> np.ndarray:
-  total = np.zeros(x.shape[1], np.float64)
-  for start in range(0, len(x), 4096):
-    total += _rows64(x, slice(start, start + 4096)).sum(axis=0)
-  return total / len(x)
+def _centre(references: Rows, chunk_rows: int) -> np.ndarray:
+  """The float64 mean of at most `chunk_rows` references spread evenly over
+  them (all of them when they fit): distances are taken about it in float32,
+  where large norms would cost precision. Any centre gives exact results."""
+  n = len(references)
+  if n <= chunk_rows:
+    rows = np.arange(n)
+  else:
+    rows = np.unique(np.linspace(0, n - 1, chunk_rows).round().astype(np.int64))
+  return _rows64(references.take(rows), slice(None)).mean(axis=0)
 
 
 def _self_indices(
   queries: np.ndarray,
-  references: np.ndarray,
+  references: Rows,
   exclude_self: bool,
   self_indices: Any,
 ) -> np.ndarray:
@@ -122,18 +209,20 @@ def _self_indices(
     if (
       ids.shape != (num_queries,)
       or not np.issubdtype(ids.dtype, np.integer)
-      or (ids.size and (ids.min() < 0 or ids.max() >= num_refs))
+      or (ids.size and (ids.min() < -1 or ids.max() >= num_refs))
     ):
       raise ValueError(
-        f'self_indices must be {num_queries} integers in [0, {num_refs}), one '
-        f'reference index per query; got shape {ids.shape}, dtype {ids.dtype}.'
+        f'self_indices must be {num_queries} integers in [-1, {num_refs}), one '
+        f'reference index per query (-1: none); got shape {ids.shape}, dtype '
+        f'{ids.dtype}.'
       )
     ids = ids.astype(np.int64)
-  for start in range(0, num_queries, 1024):
-    chunk = slice(start, start + 1024)
-    equal = np.all(queries[chunk] == references[ids[chunk]], axis=1)
+  own = np.flatnonzero(ids >= 0)
+  for start in range(0, len(own), 1024):
+    chunk = own[start : start + 1024]
+    equal = np.all(queries[chunk] == references.take(ids[chunk]), axis=1)
     if not equal.all():
-      i = start + int(np.flatnonzero(~equal)[0])
+      i = int(chunk[np.flatnonzero(~equal)[0]])
       raise ValueError(
         f'exclude_self=True but query {i} differs from reference {ids[i]}: '
         'query i must be the reference it excludes (self_indices[i], or i).'
@@ -153,21 +242,21 @@ def _candidates(
   """The `num_candidates` smallest float32 squared distances per query.
 
   queries [bq, d]; self_ids [bq] (reference to skip, -1: none); refs
-  [chunks, br, d]; ref_sq [chunks, br], +inf on padding rows. Returns
+  [blocks, br, d]; ref_sq [blocks, br], +inf on padding rows. Returns
   ascending squared distances and reference indices, each [bq, m].
   """
-  num_queries, chunk = queries.shape[0], refs.shape[1]
+  num_queries, block = queries.shape[0], refs.shape[1]
   query_sq = jnp.sum(queries * queries, axis=1)
-  per_chunk = min(num_candidates, chunk)
+  per_block = min(num_candidates, block)
 
   def merge(carry, xs):
     best_d2, best_ids = carry
-    block, block_sq, offset = xs
-    dots = jnp.matmul(queries, block.T, precision=jax.lax.Precision.HIGHEST)
+    block_refs, block_sq, offset = xs
+    dots = jnp.matmul(queries, block_refs.T, precision=jax.lax.Precision.HIGHEST)
     d2 = jnp.maximum(query_sq[:, None] - 2.0 * dots + block_sq[None, :], 0.0)
-    ids = offset + jnp.arange(chunk, dtype=jnp.int32)
+    ids = offset + jnp.arange(block, dtype=jnp.int32)
     d2 = jnp.where(ids[None, :] == self_ids[:, None], jnp.inf, d2)
-    neg_d2, pos = jax.lax.top_k(-d2, per_chunk)
+    neg_d2, pos = jax.lax.top_k(-d2, per_block)
     all_d2 = jnp.concatenate([best_d2, -neg_d2], axis=1)
     all_ids = jnp.concatenate([best_ids, ids[pos]], axis=1)
     neg_d2, pos = jax.lax.top_k(-all_d2, num_candidates)
@@ -177,61 +266,71 @@ def _candidates(
     jnp.full((num_queries, num_candidates), jnp.inf, jnp.float32),
     jnp.full((num_queries, num_candidates), -1, jnp.int32),
   )
-  offsets = jnp.arange(refs.shape[0], dtype=jnp.int32) * chunk
+  offsets = jnp.arange(refs.shape[0], dtype=jnp.int32) * block
   (d2, ids), _ = jax.lax.scan(merge, init, (refs, ref_sq, offsets))
   return d2, ids
 
 
-def _exact_sorted(
-  queries64: np.ndarray, references: np.ndarray, candidates: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """Float64 squared distances to the candidates; the k smallest, sorted.
+def _exact_d2(
+  queries: np.ndarray, rows: np.ndarray, candidates: np.ndarray, skip: np.ndarray
+) -> np.ndarray:
+  """sum((q - r)^2) in float64 from each query to its candidate rows [n, m]
+  of `rows`, +inf where `skip`; only the pairs not skipped are measured."""
+  d2 = np.full(candidates.shape, np.inf)
+  query, slot = np.nonzero(~skip)
+  step = max(1, _HOST_BLOCK_ELEMENTS // queries.shape[1])
+  for start in range(0, len(query), step):
+    q, c = query[start : start + step], slot[start : start + step]
+    diff = _rows64(rows, candidates[q, c]) - _rows64(queries, q)
+    d2[q, c] = np.einsum('nd,nd->n', diff, diff)
+  return d2
 
-  Ties are broken by the lower reference index.
-  """
-  n, m = candidates.shape
-  d2 = np.empty((n, m), np.float64)
-  step = max(1, _HOST_BLOCK_ELEMENTS // (m * queries64.shape[1]))
-  for start in range(0, n, step):
-    rows = slice(start, start + step)
-    diff = _rows64(references, candidates[rows]) - queries64[rows, None, :]
-    d2[rows] = np.einsum('nmd,nmd->nm', diff, diff)
-  order = np.lexsort((candidates, d2), axis=-1)[:, :k]
-  return (
-    np.take_along_axis(d2, order, axis=1),
-    np.take_along_axis(candidates, order, axis=1),
+
+def _merge(
+  best_d2: np.ndarray, best_ids: np.ndarray, d2: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """The k smallest of both sets per row; ties go to the lower index."""
+  all_d2 = np.concatenate([best_d2, d2], axis=1)
+  all_ids = np.concatenate([best_ids, ids], axis=1)
+  order = np.lexsort((all_ids, all_d2), axis=-1)[:, :k]
+  return np.take_along_axis(all_d2, order, axis=1), np.take_along_axis(
+    all_ids, order, axis=1
   )
 
 
 def _host_knn(
   queries64: np.ndarray,
-  references: np.ndarray,
+  references: Rows,
   self_ids: np.ndarray,
-  mean: np.ndarray,
+  centre: np.ndarray,
   k: int,
   num_candidates: int,
-  reference_batch_size: int,
+  chunk_rows: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """k-NN in float64 on host: the slow path for uncertified queries."""
-  centred = queries64 - mean
+  """k-NN in float64 on host, streamed: the slow path for uncertified
+  queries. Per block of references, the `num_candidates` nearest by float64
+  distances about the centre are re-measured exactly and merged."""
+  centred = queries64 - centre
   query_sq = np.einsum('nd,nd->n', centred, centred)
-  best_d2 = np.full((len(centred), 0), np.inf)
-  best_ids = np.zeros((len(centred), 0), np.int64)
-  for start in range(0, len(references), reference_batch_size):
-    block = _rows64(references, slice(start, start + reference_batch_size)) - mean
-    d2 = query_sq[:, None] - 2.0 * centred @ block.T
-    d2 += np.einsum('nd,nd->n', block, block)[None, :]
-    ids = np.arange(start, start + len(block))
-    d2[ids[None, :] == self_ids[:, None]] = np.inf
-    all_d2 = np.concatenate([best_d2, d2], axis=1)
-    all_ids = np.concatenate([best_ids, np.broadcast_to(ids, d2.shape)], axis=1)
-    keep = min(num_candidates, all_d2.shape[1])
-    pos = np.argpartition(all_d2, keep - 1, axis=1)[:, :keep]
-    best_d2 = np.take_along_axis(all_d2, pos, axis=1)
-    best_ids = np.take_along_axis(all_ids, pos, axis=1)
-  # The excluded reference sits at +inf: with num_candidates <= the references
-  # left, it is never kept.
-  return _exact_sorted(queries64, references, best_ids, k)
+  best_d2 = np.full((len(centred), k), np.inf)
+  best_ids = np.full((len(centred), k), _NO_INDEX)
+  for start in range(0, len(references), chunk_rows):
+    chunk = references.take(np.arange(start, min(start + chunk_rows, len(references))))
+    for offset in range(0, len(chunk), _CENTRE_BLOCK):
+      native = chunk[offset : offset + _CENTRE_BLOCK]
+      block = np.asarray(native, np.float64) - centre
+      d2 = query_sq[:, None] - 2.0 * centred @ block.T
+      d2 += np.einsum('nd,nd->n', block, block)[None, :]
+      ids = start + offset + np.arange(len(block))
+      d2[ids[None, :] == self_ids[:, None]] = np.inf
+      keep = min(num_candidates, len(block))
+      pos = np.argpartition(d2, keep - 1, axis=1)[:, :keep]
+      invalid = np.take_along_axis(d2, pos, axis=1) == np.inf  # Self.
+      exact = _exact_d2(queries64, native, pos, invalid)
+      best_d2, best_ids = _merge(
+        best_d2, best_ids, exact, np.where(invalid, _NO_INDEX, ids[pos]), k
+      )
+  return best_d2, best_ids
 
 
 def nearest_neighbours(
@@ -243,42 +342,53 @@ def nearest_neighbours(
   self_indices: Any = None,
   batch_size: int = 1024,
   reference_batch_size: int = 4096,
+  chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact Euclidean k nearest references of every query.
 
   Args:
     queries: [Nq, ...] numbers; each row is flattened to one vector.
-    references: [Nr, ...] numbers of the same flattened size.
+    references: [Nr, ...] numbers of the same flattened size, or `Rows`
+      (made a chunk at a time, e.g. `pixel_rows` of uint8 images).
     k: neighbours per query, at most Nr (Nr - 1 with exclude_self).
     exclude_self: skip one reference per query, the query itself: reference
-      i for query i, or `self_indices[i]`. The two must be equal (checked);
-      for train-to-train distances.
+      i for query i, or `self_indices[i]` (-1: none). The two must be
+      equal (checked); for train-to-train distances.
     self_indices: [Nq] reference indices of the queries (with exclude_self).
     batch_size: queries per device call.
-    reference_batch_size: references per block; the device holds one
+    reference_batch_size: references per device block; the device holds one
       [batch_size, reference_batch_size] block of distances at a time.
+    chunk_rows: references held at once, on host and on device: the search
+      streams over them, so memory does not grow with Nr.
 
   Returns:
     distances: float64 [Nq, k], ascending per row.
     indices: int64 [Nq, k] into references; ties go to the lower index.
 
-  Squared distances ||q||^2 - 2 q.r + ||r||^2 (about the references' mean)
-  are computed in float32 on the default device and only pick candidates:
-  k + max(k, 16) per query, re-measured as sum((q - r)^2) in float64 on host.
-  A query is certified when its k-th exact distance lies below the smallest
-  float32 distance left out, minus a bound on float32 round-off; the rest
-  (rare: near-ties among many references) are redone in float64 on host.
+  Squared distances ||q||^2 - 2 q.r + ||r||^2 (about a centre, the mean of
+  up to chunk_rows references) are computed in float32 on the default
+  device and only pick candidates, k + max(k, 16) per query in each chunk,
+  re-measured as sum((q - r)^2) in float64 on host and merged into a running
+  top k. A query is certified when its k-th exact distance lies below the
+  smallest float32 distance left out in any chunk, minus a bound on float32
+  round-off; the rest (rare: near-ties among many references) are redone in
+  float64 on host, in one more pass over the references.
   """
   q = _as_vectors('queries', queries)
-  r = _as_vectors('references', references)
-  if q.shape[1] != r.shape[1]:
+  r = (
+    references
+    if isinstance(references, Rows)
+    else Rows.of_array('references', references)
+  )
+  if q.shape[1] != r.dim:
     raise ValueError(
       f'queries have {q.shape[1]} values per row but references have '
-      f'{r.shape[1]}: both must come from the same images or feature layer.'
+      f'{r.dim}: both must come from the same images or feature layer.'
     )
   for name, value in (
     ('batch_size', batch_size),
     ('reference_batch_size', reference_batch_size),
+    ('chunk_rows', chunk_rows),
   ):
     if int(value) != value or value < 1:
       raise ValueError(f'{name} must be a positive integer, got {value!r}.')
@@ -291,10 +401,12 @@ def nearest_neighbours(
     )
   k = int(k)
   num_candidates = min(available, k + max(k, _MIN_MARGIN))
-  mean = _column_mean(r)
+  centre = _centre(r, int(chunk_rows))
   distances2, indices, redo = _device_knn(
-    q, r, self_ids, mean, k, num_candidates, batch_size, reference_batch_size
-  )
+    q, r, self_ids, centre, k, num_candidates,
+    batch_size=int(batch_size), block_rows=int(reference_batch_size),
+    chunk_rows=int(chunk_rows),
+  )  # fmt: skip
   if redo.size:
     logging.info(
       'nearest_neighbours: %d of %d queries have near-ties below float32 '
@@ -302,91 +414,165 @@ def nearest_neighbours(
       redo.size,
       len(q),
     )
-  for start in range(0, redo.size, 256):
-    rows = redo[start : start + 256]
-    distances2[rows], indices[rows] = _host_knn(
-      _rows64(q, rows), r, self_ids[rows], mean, k, num_candidates, reference_batch_size
+    distances2[redo], indices[redo] = _host_knn(
+      _rows64(q, redo), r, self_ids[redo], centre, k, num_candidates, int(chunk_rows)
     )
   return np.sqrt(distances2), indices
 
 
+def _chunking(num_refs: int, block_rows: int, chunk_rows: int) -> tuple[int, int]:
+  """(device block rows, chunk rows): a chunk is a whole number of blocks,
+  at most chunk_rows unless one chunk holds every reference."""
+  block = min(block_rows, chunk_rows, num_refs)
+  if num_refs <= chunk_rows:
+    return block, block * -(-num_refs // block)
+  return block, block * max(1, chunk_rows // block)
+
+
 def _device_knn(
   q: np.ndarray,
-  r: np.ndarray,
+  r: Rows,
   self_ids: np.ndarray,
-  mean: np.ndarray,
+  centre: np.ndarray,
   k: int,
   num_candidates: int,
+  *,
   batch_size: int,
-  reference_batch_size: int,
+  block_rows: int,
+  chunk_rows: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Float32 candidates on device, re-measured in float64 on host.
+  """Float32 candidates on device, re-measured in float64 on host, one
+  chunk of references at a time.
 
   Returns the squared distances [Nq, k], indices [Nq, k] and the queries
   whose result is not certified (to be redone on host).
   """
-  refs, ref_sq, max_ref_norm = _device_references(r, mean, reference_batch_size)
-  distances2 = np.empty((len(q), k), np.float64)
-  indices = np.empty((len(q), k), np.int64)
-  uncertified: list[np.ndarray] = []
-  chunk = min(batch_size, len(q))
-  exhaustive = num_candidates >= len(r) - int((self_ids >= 0).any())
-
-  def finish(rows: slice, q64: np.ndarray, result: tuple[jax.Array, jax.Array]) -> None:
-    d2_f32, cand = (np.asarray(a)[: len(q64)] for a in jax.device_get(result))
-    valid = ((cand >= 0) & (cand < len(r))).all(axis=1)
-    d2, ids = _exact_sorted(q64, r, np.maximum(cand, 0).astype(np.int64), k)
-    distances2[rows], indices[rows] = d2, ids
-    if exhaustive:  # Every reference is a candidate.
-      ok = valid
-    else:
-      # A reference left out has float32 d2 >= the last candidate's, so its
-      # exact d2 is at least that minus the float32 round-off bound.
-      query_norm = np.linalg.norm(q64 - mean, axis=1)
-      bound = (
-        _F32_ERROR_SAFETY
-        * (q.shape[1] + 8)
-        * _F32_UNIT_ROUNDOFF
-        * (query_norm + max_ref_norm) ** 2
+  block, chunk = _chunking(len(r), block_rows, chunk_rows)
+  batch = min(batch_size, len(q))
+  batches = [slice(s, min(s + batch, len(q))) for s in range(0, len(q), batch)]
+  query_norm = np.empty(len(q))
+  device_queries = []
+  for rows in batches:  # Centred float32 on device, once.
+    centred = _rows64(q, rows) - centre
+    query_norm[rows] = np.linalg.norm(centred, axis=1)
+    padded = np.zeros((batch, q.shape[1]), np.float32)
+    padded[: len(centred)] = centred
+    device_queries.append(jnp.asarray(padded))
+  top = _RunningTopK(q, self_ids, k, num_candidates)
+  bound_scale = _F32_ERROR_SAFETY * (q.shape[1] + 8) * _F32_UNIT_ROUNDOFF
+  for start in range(0, len(r), chunk):
+    native = r.take(np.arange(start, min(start + chunk, len(r))))
+    refs, ref_sq, max_ref_norm = _device_references(native, centre, chunk, block)
+    results = []
+    for rows, device_q in zip(batches, device_queries, strict=True):
+      local = np.full(batch, -1, np.int32)
+      ids = self_ids[rows] - start
+      local[: len(ids)] = np.where((ids >= 0) & (ids < len(native)), ids, -1)
+      results.append(  # Dispatched for every batch before any is read back.
+        _candidates(
+          device_q, jnp.asarray(local), refs, ref_sq, num_candidates=num_candidates
+        )
       )
-      ok = valid & (d2[:, -1] < d2_f32[:, -1].astype(np.float64) - bound)
-    uncertified.append(rows.start + np.flatnonzero(~ok))
+    for rows, result in zip(batches, results, strict=True):
+      d2_f32, cand = (np.asarray(a) for a in jax.device_get(result))
+      bound = bound_scale * (query_norm[rows] + max_ref_norm) ** 2
+      top.add(rows, native, start, d2_f32, cand, bound)
+  certified = np.isfinite(top.d2[:, -1]) & (top.d2[:, -1] < top.threshold)
+  return top.d2, top.ids, np.flatnonzero(~certified)
 
-  pending = None
-  for start in range(0, len(q), chunk):
-    rows = slice(start, min(start + chunk, len(q)))
-    q64 = _rows64(q, rows)
-    padded = np.zeros((chunk, q.shape[1]), np.float32)
-    padded[: len(q64)] = q64 - mean
-    ids = np.full(chunk, -1, np.int32)
-    ids[: len(q64)] = self_ids[rows]
-    result = _candidates(
-      jnp.asarray(padded), jnp.asarray(ids), refs, ref_sq, num_candidates=num_candidates
+
+class _RunningTopK:
+  """The exact k nearest references found so far per query, and per query
+  the float64 distance below which a reference not re-measured may lie
+  (`threshold`): the k found are the true ones where the k-th is below it."""
+
+  def __init__(self, q: np.ndarray, self_ids: np.ndarray, k: int, num_candidates: int):
+    self.q, self.self_ids, self.k, self.m = q, self_ids, k, num_candidates
+    self.d2 = np.full((len(q), k), np.inf)
+    self.ids = np.full((len(q), k), _NO_INDEX)
+    self.threshold = np.full(len(q), np.inf)
+
+  def add(
+    self,
+    rows: slice,
+    native: np.ndarray,
+    start: int,
+    d2_f32: np.ndarray,
+    cand: np.ndarray,
+    bound: np.ndarray,
+  ) -> None:
+    """Merges a chunk's float32 candidates [>= n, m] (local indices into
+    `native`, the chunk's rows from `start`) for queries `rows`; `bound`
+    [n] bounds the float32 round-off of their squared distances."""
+    n = rows.stop - rows.start
+    d2_f32, cand = d2_f32[:n], cand[:n].astype(np.int64)
+    own = self.self_ids[rows, None] - start
+    invalid = (cand < 0) | (cand >= len(native)) | (cand == own)
+    # A reference's exact d2 is at least its float32 d2 minus the bound:
+    # candidates above the k-th exact d2 so far cannot enter the top k, and
+    # neither can the references left out, whose float32 d2 is at least the
+    # last candidate's.
+    lower = d2_f32.astype(np.float64) - bound[:, None]
+    skip = invalid | (lower > self.d2[rows, -1:])
+    exact = _exact_d2(self.q[rows], native, cand, skip)
+    self.d2[rows], self.ids[rows] = _merge(
+      self.d2[rows], self.ids[rows], exact,
+      np.where(skip, _NO_INDEX, start + cand), self.k,
+    )  # fmt: skip
+    has_self = (own[:, 0] >= 0) & (own[:, 0] < len(native))
+    left_out = len(native) - has_self - self.m > 0
+    last = np.where(np.isfinite(lower[:, -1]), lower[:, -1], -np.inf)
+    self.threshold[rows] = np.minimum(
+      self.threshold[rows], np.where(left_out, last, np.inf)
     )
-    if pending is not None:
-      finish(*pending)  # While the device works on the next chunk.
-    pending = (rows, q64, result)
-  finish(*pending)
-  return distances2, indices, np.concatenate(uncertified)
 
 
 def _device_references(
-  references: np.ndarray, mean: np.ndarray, chunk: int
+  references: np.ndarray, centre: np.ndarray, chunk: int, block: int
 ) -> tuple[jax.Array, jax.Array, float]:
-  """Centred float32 references [chunks, chunk, d] on device, their squared
-  norms (+inf on padding rows) and the largest float64 centred norm."""
-  chunk = min(chunk, len(references))
-  num_chunks = -(-len(references) // chunk)
-  host = np.zeros((num_chunks * chunk, references.shape[1]), np.float32)
+  """Centred float32 references [chunk // block, block, d] on device (zero
+  padding rows), their squared norms (+inf on padding rows) and the largest
+  float64 centred norm."""
+  host = np.zeros((chunk, references.shape[1]), np.float32)
   max_sq = 0.0
-  for start in range(0, len(references), 4096):
-    block = _rows64(references, slice(start, start + 4096)) - mean
-    max_sq = max(max_sq, float(np.einsum('nd,nd->n', block, block).max()))
-    host[start : start + len(block)] = block
-  refs = jnp.asarray(host).reshape(num_chunks, chunk, -1)
-  valid = np.arange(num_chunks * chunk).reshape(num_chunks, chunk) < len(references)
+  for start in range(0, len(references), _CENTRE_BLOCK):
+    rows = np.array(references[start : start + _CENTRE_BLOCK], np.float64)  # A copy.
+    rows -= centre
+    max_sq = max(max_sq, float(np.einsum('nd,nd->n', rows, rows).max()))
+    host[start : start + len(rows)] = rows
+  refs = jnp.asarray(host).reshape(chunk // block, block, -1)
+  del host
+  valid = np.arange(chunk).reshape(chunk // block, block) < len(references)
   ref_sq = jnp.where(jnp.asarray(valid), jnp.sum(refs * refs, axis=2), jnp.inf)
   return refs, ref_sq, math.sqrt(max_sq)
+
+
+def search_bytes(
+  num_queries: int,
+  dim: int,
+  *,
+  chunk_rows: int = CHUNK_ROWS,
+  chunk_value_bytes: int = 4,
+  batch_size: int = 1024,
+  reference_batch_size: int = 4096,
+) -> int:
+  """Bytes `nearest_neighbours` allocates (an estimate) for `num_queries`
+  queries of `dim` values, references streamed `chunk_rows` at a time, each
+  value of a chunk taking `chunk_value_bytes` as made (pixels: 1 uint8 + 4
+  float32; float32 features: 4): the centred queries on device, a batch of
+  them in float64, the chunk as made, centred on host and on device (and
+  its squares, for the norms), the float64 block being centred, the
+  batches' distances and re-measured candidates."""
+  batch = min(batch_size, num_queries)
+  block = min(reference_batch_size, chunk_rows)
+  return (
+    num_queries * dim * 4
+    + 2 * batch * dim * 8
+    + chunk_rows * dim * (chunk_value_bytes + 4 + 4 + 4)
+    + _CENTRE_BLOCK * dim * 8
+    + -(-num_queries // batch) * batch * block * 4 * 3
+    + 4 * _HOST_BLOCK_ELEMENTS * 8
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -505,7 +691,10 @@ def _verdict(summary: dict[str, Any]) -> str:
 
 def _pixels(images: np.ndarray) -> np.ndarray:
   """uint8 [N, H, W, C] -> float32 [N, H*W*C] on [-1, 1] (as training sees them)."""
-  return images.reshape(len(images), -1).astype(np.float32) / 127.5 - 1.0
+  x = images.reshape(len(images), -1).astype(np.float32)
+  x /= np.float32(127.5)
+  x -= np.float32(1.0)
+  return x
 
 
 _SPACES = {
@@ -527,15 +716,18 @@ def memorization_report(
   prefix: str = 'memorization',
   seed: int = 0,
   batch_size: int = 1024,
+  chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, Any]:
   """Nearest-neighbour memorisation check in pixel and (optionally) feature space.
 
   Args:
     samples_uint8: [N, H, W, C] uint8 generated images.
-    train_uint8: [M, H, W, C] uint8 training images (M >= 2).
-    out_dir: where the PNGs go (created).
+    train_uint8: [M, H, W, C] uint8 training images (M >= 2), possibly
+      memory-mapped: they are converted to floats `chunk_rows` at a time.
+    out_dir: where the PNGs go (a local directory or a URL).
     sample_features, train_features: [N, F] and [M, F] features of the same
       images (e.g. the discriminator's), row for row; both or neither.
+      train_features may be `Rows`, made a chunk at a time.
     k: training neighbours per sample (shown in the grids).
     num_train_pairs: training images (a random subset, at most M) whose
       distance to their nearest other training image is the reference.
@@ -545,6 +737,7 @@ def memorization_report(
       `<prefix>_distances_<space>.png`, space `pixels` or `dfeatures`.
     seed: picks the training subset and the random rows.
     batch_size: queries per device call of `nearest_neighbours`.
+    chunk_rows: training rows held at once (see `report_bytes`).
 
   Returns:
     A JSON-serialisable dict: the settings and, per space (`pixels`,
@@ -571,15 +764,19 @@ def memorization_report(
     )
   if int(num_rows) != num_rows or num_rows < 1:
     raise ValueError(f'num_rows must be a positive integer, got {num_rows!r}.')
-  spaces = {'pixels': (_pixels(samples), _pixels(train))}
+  spaces = {'pixels': (_pixels(samples), pixel_rows(train))}
   if sample_features is not None:
     sf = _as_vectors('sample_features', sample_features)
-    tf = _as_vectors('train_features', train_features)
-    if len(sf) != len(samples) or len(tf) != len(train):
+    tf = (
+      train_features
+      if isinstance(train_features, Rows)
+      else Rows.of_array('train_features', train_features)
+    )
+    if len(sf) != len(samples) or len(tf) != len(train) or sf.shape[1] != tf.dim:
       raise ValueError(
-        f'sample_features has {len(sf)} rows and train_features {len(tf)}, '
-        f'but there are {len(samples)} samples and {len(train)} training '
-        'images: one feature row per image.'
+        f'sample_features has {len(sf)} rows of {sf.shape[1]} and '
+        f'train_features {len(tf)} of {tf.dim}, but there are {len(samples)} '
+        f'samples and {len(train)} training images: one feature row per image.'
       )
     spaces['dfeatures'] = (sf, tf)
 
@@ -594,40 +791,85 @@ def memorization_report(
     'k': int(k),
     'seed': int(seed),
   }
-  os.makedirs(out_dir, exist_ok=True)
+  search = dict(batch_size=batch_size, chunk_rows=chunk_rows)
   for space, (sample_x, train_x) in spaces.items():
+    distances, indices, train_d = _search(sample_x, train_x, subset, int(k), search)
     report[space] = _report_space(
-      space, samples, train, sample_x, train_x, subset, random_order,
-      k=k, num_rows=int(num_rows), out_dir=out_dir, prefix=prefix, batch_size=batch_size,
+      space, samples, train, distances, indices, train_d, random_order,
+      k=k, num_rows=int(num_rows), out_dir=out_dir, prefix=prefix,
     )  # fmt: skip
   return report
+
+
+def _search(
+  sample_x: np.ndarray, train_x: Rows, subset: np.ndarray, k: int, search: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(distances, indices) of the samples' k nearest training rows, and the
+  distance of each training row in `subset` to its nearest other one: one
+  pass over the training rows for both (two when k leaves no other row)."""
+  train_q = train_x.take(subset)
+  if k > len(train_x) - 1:
+    distances, indices = nearest_neighbours(sample_x, train_x, k, **search)
+    train_d, _ = nearest_neighbours(
+      train_q, train_x, 1, exclude_self=True, self_indices=subset, **search
+    )
+    return distances, indices, train_d
+  queries = np.concatenate([sample_x, train_q])
+  own = np.concatenate([np.full(len(sample_x), -1), subset])
+  distances, indices = nearest_neighbours(
+    queries, train_x, k, exclude_self=True, self_indices=own, **search
+  )
+  n = len(sample_x)
+  return distances[:n], indices[:n], distances[n:, :1]
+
+
+def report_bytes(
+  num_samples: int,
+  image_shape: tuple[int, ...],
+  *,
+  num_train: int,
+  num_features: int | None = None,
+  feature_workspace: int = 0,
+  num_train_pairs: int = 1000,
+  chunk_rows: int = CHUNK_ROWS,
+) -> int:
+  """Bytes `memorization_report` allocates at its peak (an estimate),
+  whatever the number of training images: the samples as float pixels and
+  features, then per space the queries (samples and train pairs) and the
+  search (`search_bytes`) over training rows made `chunk_rows` at a time
+  (features: plus `feature_workspace`, what making a chunk of them takes)."""
+  dim = math.prod(image_shape)
+  queries = num_samples + min(num_train_pairs, num_train)
+  kept = num_samples * dim * 4 + num_samples * (num_features or 0) * 4
+  pixels = queries * dim * 4 + search_bytes(
+    queries, dim, chunk_rows=chunk_rows, chunk_value_bytes=5
+  )
+  peak = pixels
+  if num_features:
+    peak = max(
+      pixels,
+      queries * num_features * 4
+      + search_bytes(queries, num_features, chunk_rows=chunk_rows)
+      + feature_workspace,
+    )
+  return kept + peak
 
 
 def _report_space(
   space: str,
   samples: np.ndarray,
   train: np.ndarray,
-  sample_x: np.ndarray,
-  train_x: np.ndarray,
-  subset: np.ndarray,
+  distances: np.ndarray,
+  indices: np.ndarray,
+  train_d: np.ndarray,
   random_order: np.ndarray,
   *,
   k: int,
   num_rows: int,
   out_dir: str,
   prefix: str,
-  batch_size: int,
 ) -> dict[str, Any]:
-  """`memorization_report` for one space: distances, summary, the two PNGs."""
-  distances, indices = nearest_neighbours(sample_x, train_x, k, batch_size=batch_size)
-  train_d, _ = nearest_neighbours(
-    train_x[subset],
-    train_x,
-    1,
-    exclude_self=True,
-    self_indices=subset,
-    batch_size=batch_size,
-  )
+  """`memorization_report` for one space: summary and the two PNGs."""
   summary = distance_summary(distances, train_d)
   closest = np.argsort(distances[:, 0], kind='stable')
   num_close = min(len(samples), max(1, num_rows // 2))
@@ -647,12 +889,12 @@ def _report_space(
   )
   grid = figures.neighbour_grid(
     samples, train, indices, distances, rows=rows, title=title,
-    path=os.path.join(out_dir, f'{prefix}_neighbours_{space}.png'),
+    path=files.join(out_dir, f'{prefix}_neighbours_{space}.png'),
   )  # fmt: skip
   histogram = figures.distance_histogram(
     _nearest('sample_to_train', distances), _nearest('train_to_train', train_d),
     title=f'Nearest-neighbour distances, {name}',
-    path=os.path.join(out_dir, f'{prefix}_distances_{space}.png'),
+    path=files.join(out_dir, f'{prefix}_distances_{space}.png'),
   )  # fmt: skip
   summary['neighbours_png'] = grid.path
   summary['distances_png'] = histogram

@@ -42,14 +42,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from sklearn import exceptions, model_selection, preprocessing, svm
 
 from dcgan_jax.core import rundir
 from dcgan_jax.core import state as state_lib
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.evaluation import d_features, digits_svm
-from dcgan_jax.util import files
+from dcgan_jax.util import event_writer, files
 
 VALIDATIONS = ('cv', 'holdout', 'rest')
 # The representations compared, in report order.
@@ -597,7 +596,7 @@ def run_probe(
 def report_path(workdir: str, report: dict[str, Any]) -> str:
   """W/eval/probe_<variant>_step_<step>.json."""
   name = f'probe_{report["variant"]}_step_{report["step"]}.json'
-  return os.path.join(workdir, rundir.EVAL_DIR, name)
+  return files.join(workdir, rundir.EVAL_DIR, name)
 
 
 def write_report(workdir: str, report: dict[str, Any]) -> str:
@@ -614,7 +613,7 @@ def write_report(workdir: str, report: dict[str, Any]) -> str:
   scalars = {}
   for rep, result in report['results'].items():
     scalars[f'probe/{name}/{rep}_accuracy'] = result['accuracy']
-  writer = metric_writers.create_default_writer(os.path.dirname(path))
+  writer = event_writer.create_writer(files.join(workdir, rundir.EVAL_DIR))
   writer.write_scalars(step, scalars)
   writer.flush()
   writer.close()

@@ -29,6 +29,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from dcgan_jax.util import files
+
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
 
@@ -276,9 +278,9 @@ def _no_persistent_ids(what: str):
 
 
 def load(path: str | os.PathLike) -> Any:
-  """The object `torch.save` wrote to `path`, tensors as numpy arrays."""
-  with open(path, 'rb') as f:
-    blob = f.read()
+  """The object `torch.save` wrote to `path` (a local path or a URL),
+  tensors as numpy arrays."""
+  blob = files.read_bytes(path)
   if blob.startswith(b'PK\x03\x04'):  # a zip archive's first local header
     with zipfile.ZipFile(io.BytesIO(blob)) as archive:
       return _load_zip(archive)

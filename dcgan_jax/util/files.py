@@ -115,11 +115,33 @@ def listdir(path: PathLike) -> list[str]:
 
 def walk_files(path: PathLike) -> list[str]:
   """Paths, relative to `path` and sorted, of every file below it."""
-  root = as_path(path)
+  return [name for name, _ in walk_file_sizes(path)]
+
+
+def walk_file_sizes(path: PathLike) -> list[tuple[str, int]]:
+  """(path relative to `path`, size in bytes) of every file below it,
+  sorted by path. Symbolic links to directories are not followed; a link
+  to no file has size -1. A URL takes one recursive listing (a request per
+  1,000 objects), not a request per file."""
+  path = check(path)
+  if is_url(path):
+    fs, root = fsspec.core.url_to_fs(path)
+    root = root.rstrip('/')
+    found = [
+      (name[len(root) + 1 :], int(info['size']))
+      for name, info in fs.find(root, detail=True).items()
+      if info.get('type') == 'file' and not name.endswith('/')
+    ]
+    return sorted(found)
   found = []
-  for directory, _, names in root.walk():
+  for directory, _, names in os.walk(path):
     for name in names:
-      found.append(os.path.relpath(os.fspath(directory / name), os.fspath(root)))
+      file = os.path.join(directory, name)
+      try:
+        size = os.path.getsize(file)
+      except OSError:  # A dangling link: left to the reader to report.
+        size = -1
+      found.append((os.path.relpath(file, path), size))
   return sorted(found)
 
 
