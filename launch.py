@@ -14,8 +14,10 @@ it joins them. Elsewhere give every process --coordinator_address,
 --num_processes and its own --process_id. One host needs none of them.
 """
 
+import difflib
 import logging as std_logging
 import os
+import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -25,11 +27,13 @@ from dcgan_jax.util import xla_cpu  # noqa: E402  (imports no JAX)
 xla_cpu.use_project_kernels()  # Before JAX starts: see dcgan_jax/util/xla_cpu.py.
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dcgan_jax import train  # noqa: E402
+from dcgan_jax.core import config_checks  # noqa: E402
 from dcgan_jax.util import errors  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,6 +63,117 @@ flags.DEFINE_bool(
   'the data set) changed since it was started.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+# --config.KEY=VALUE, --config.KEY VALUE, --noconfig.KEY: group 1 is KEY.
+_OVERRIDE = re.compile(r'^--?(?:no)?config\.([^=]+)')
+_TYPE_NAMES = {
+  int: 'an integer',
+  float: 'a number',
+  bool: 'True or False',
+  str: 'a string',
+}
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a mistake is one line `Error: ...`, exit 1."""
+  try:
+    argv = FLAGS(argv)
+    message = _config_file_error(FLAGS['config'].value)
+    if message is None:
+      return argv
+  except flags.Error as e:
+    message = _bad_value_message(e, argv) or ' '.join(str(e).split())
+  except (AttributeError, KeyError):  # ml_collections on an unknown --config.KEY.
+    message = _unknown_key_message(argv)
+    if message is None:
+      raise
+  sys.exit(f'Error: {message}')
+
+
+def _config_file_error(config) -> str | None:
+  """Why the --config file did not load, or None where it did.
+
+  ml_collections keeps the error for the first access of the config."""
+  if config is None or isinstance(config, ml_collections.ConfigDict):
+    return None
+  reason = f'got {type(config).__name__}'
+  try:
+    config.seed  # noqa: B018
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+  return f'cannot load the --config file: {reason}; give --config=configs/<preset>.py.'
+
+
+def _config_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Every dotted key of `config`: 'seed', ..., 'model', 'model.arch', ..."""
+  keys = []
+  for key, value in config.items():
+    keys.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(_config_keys(value, f'{prefix}{key}.'))
+  return keys
+
+
+def _unknown_key_message(argv: list[str]) -> str | None:
+  """'unknown config key ...' for the first --config.KEY the config lacks."""
+  argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
+  path = next(
+    (
+      arg.split('=', 1)[1] if '=' in arg else argv[i + 1]
+      for i, arg in enumerate(argv)
+      if re.match(r'^--?config(=|$)', arg) and ('=' in arg or i + 1 < len(argv))
+    ),
+    None,
+  )
+  if path is None:
+    return None
+  keys = _config_keys(FLAGS['config'].parser.parse(path))
+  for arg in argv:
+    match = _OVERRIDE.match(arg)
+    if match and match[1] not in keys:
+      key = match[1]
+      nearest = _nearest_keys(key, keys)
+      hint = f'did you mean {" or ".join(map(repr, nearest))}? ' if nearest else ''
+      return (
+        f"unknown config key '{key}' (--config.{key}): {hint}"
+        'configs/default.py lists every key.'
+      )
+  return None
+
+
+def _nearest_keys(key: str, keys: list[str]) -> list[str]:
+  """What `key` was likely meant to be: the same name at another level
+  ('z_dim' -> 'model.z_dim'), a longer name ending in it ('learning_rate' ->
+  'g_learning_rate', 'd_learning_rate'), else difflib's nearest."""
+  leaf = key.rsplit('.', 1)[-1]
+  return (
+    [k for k in keys if k.rsplit('.', 1)[-1] == leaf]
+    or [k for k in keys if k.endswith(('_' + leaf, '.' + leaf))][:2]
+    or difflib.get_close_matches(key, keys, n=1)
+  )
+
+
+def _bad_value_message(error: flags.Error, argv: list[str]) -> str | None:
+  """What a --config.KEY=VALUE of the wrong type should be, or None."""
+  match = re.match(r'^flag --config\.([\w.]+)=', str(error))
+  config = FLAGS['config'].value
+  if match is None or not isinstance(config, ml_collections.ConfigDict):
+    return None
+  *parents, leaf = match[1].split('.')
+  for name in parents:
+    config = config[name]
+  field_type, example = config.get_type(leaf), config[leaf]
+  flag, given = f'--config.{match[1]}', ['...']
+  for i, arg in enumerate(argv):
+    if arg.startswith(flag + '='):
+      given.append(arg.split('=', 1)[1])
+    elif arg == flag and i + 1 < len(argv):
+      given.append(argv[i + 1])
+  value = given[-1]
+  what = _TYPE_NAMES.get(field_type, field_type.__name__)
+  example = f', as in --config.{match[1]}={example}' if example is not None else ''
+  return f'--config.{match[1]}={value} is not {what}; give {what}{example}.'
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -163,7 +278,10 @@ def _cluster_error(name: str, error: Exception) -> errors.ConfigError:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    sys.exit(
+      f'Error: unexpected arguments {argv[1:]}: flags are --name=value, '
+      'config keys --config.KEY=VALUE.'
+    )
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if FLAGS.config.deterministic_gpu:  # Read when the GPU backend starts.
     os.environ['XLA_FLAGS'] = (
@@ -172,6 +290,7 @@ def main(argv):
   # TensorFlow only feeds data: keep it off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   try:
+    config_checks.check_ranges(FLAGS.config)  # Before JAX or data start.
     _maybe_initialize_distributed()
     logging.info(
       'JAX process %d/%d, %d local / %d global %s devices.',
@@ -189,4 +308,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

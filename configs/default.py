@@ -163,9 +163,12 @@ def get_config() -> ml_collections.ConfigDict:
   # GAN health (warnings + TensorBoard scalars, the run goes on): D wins
   # outright (mean D(x) > 0.99, D(G(z)) < 0.01) for this many log intervals
   # in a row; the fixed-z samples are less diverse than this fraction of
-  # real images (mean pairwise distance), i.e. mode collapse.
+  # real images (mean pairwise distance), i.e. mode collapse. The collapse
+  # warning waits until the samples have once been diverse or this many
+  # steps have passed: at the start G's samples are all alike.
   config.monitor_d_wins_window = 5
   config.monitor_collapse_ratio = 0.2
+  config.monitor_collapse_warmup_steps = 1000
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 3
 

@@ -27,9 +27,13 @@ COMMAND.required('samples')
 
 def _classify(args) -> None:
   try:
-    with files.open(args.samples, 'rb') as f, np.load(f) as data:
-      images = data['images']
-  except (OSError, KeyError, ValueError) as e:
+    with files.open(args.samples, 'rb') as f:
+      data = np.load(f, allow_pickle=False)
+      if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError('not an .npz archive')
+      with data:
+        images = data['images']
+  except (OSError, KeyError, ValueError, EOFError) as e:
     raise ValueError(
       f'--samples={args.samples} is not an .npz with an `images` array '
       f'({type(e).__name__}: {e}); write one with `python -m dcgan_jax.sample '

@@ -15,11 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
 from dcgan_jax.core import rundir
 from dcgan_jax.core.state import GANState, PyTree, initial_state, split_root_key
 from dcgan_jax.data import input_pipeline
+from dcgan_jax.util import files
+from dcgan_jax.util.errors import CheckpointError
 
 
 def member(tree: PyTree, k: int) -> PyTree:
@@ -38,6 +39,7 @@ class Ensemble:
 
   members: list[rundir.Member]
   managers: list[ocp.CheckpointManager] = dataclasses.field(default_factory=list)
+  saving: int | None = None  # The step of the saves in flight, if any.
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict, workdir: str) -> 'Ensemble':
@@ -73,30 +75,60 @@ class Ensemble:
     """The stacked host state to start from: every GAN at the latest step
     all of them saved, or at step 0 where none has a checkpoint.
 
-    A kill between the GANs' saves leaves some of them one save ahead;
-    those newer checkpoints are dropped so that the GANs stay in step.
+    GANs that are not all at the same latest step (a kill between their
+    saves) are a CheckpointError that names the checkpoints to move aside;
+    nothing is ever deleted here.
     """
     steps = [set(m.all_steps()) for m in self.managers]
-    common = set.intersection(*steps) if any(steps) else set()
-    step = max(common) if common else None
-    if any(steps):
-      for workdir, manager, mine in zip(
-        self.workdirs, self.managers, steps, strict=True
-      ):
-        for newer in sorted(s for s in mine if step is None or s > step):
-          logging.warning(
-            'Dropping checkpoint %d of %s: not all seeds reached it.', newer, workdir
-          )
-          if jax.process_index() == 0:
-            manager.delete(newer)
-    states = [
-      rundir.restore_latest(m.workdir, m.config, step=step)
-      if step is not None
-      else None
-      for m in self.members
+    if not any(steps):
+      return stack([initial_state(c) for c in self.configs])
+    common = set.intersection(*steps)
+    if not common:
+      raise CheckpointError(self._no_common_step(steps))
+    step = max(common)
+    ahead = [
+      (
+        files.join(wd, rundir.CHECKPOINT_DIR, str(s)),
+        files.join(wd, f'set_aside_step_{s}'),
+      )
+      for wd, mine in zip(self.workdirs, steps, strict=True)
+      for s in sorted(mine)
+      if s > step
     ]
+    if ahead:
+      raise CheckpointError(
+        f'The {len(self)} GANs last saved together at step {step}, but '
+        f'{", ".join(path for path, _ in ahead)} went further (a kill between '
+        'their saves); nothing was deleted. To resume all of them from step '
+        f'{step}, which writes those checkpoints again bit for bit, move them '
+        f'aside ({"; ".join(f"{p} to {q}" for p, q in ahead)}) and relaunch.'
+      )
     return stack(
-      [s or initial_state(m.config) for s, m in zip(states, self.members, strict=True)]
+      [rundir.restore_latest(m.workdir, m.config, step=step) for m in self.members]
+    )
+
+  def _no_common_step(self, steps: list[set[int]]) -> str:
+    """What to do when the GANs' checkpoints share no step."""
+    dirs = [files.join(wd, rundir.CHECKPOINT_DIR) for wd in self.workdirs]
+    held = '; '.join(
+      f'{d} holds {sorted(s) if s else "none"}'
+      for d, s in zip(dirs, steps, strict=True)
+    )
+    latest = max(max(s) for s in steps if s)
+    behind = [k for k, s in enumerate(steps) if latest not in s]
+    catch_up = '; '.join(
+      f'this command with --workdir={self.workdirs[k]} --config.seed='
+      f'{self.seeds[k]} --config.num_seeds=1 --config.num_train_steps={latest}'
+      for k in behind
+    )
+    started = ' '.join(d for d, s in zip(dirs, steps, strict=True) if s)
+    return (
+      f'The {len(self)} GANs share no checkpointed step, so they cannot resume '
+      f'together ({held}); nothing was deleted. To keep the training done, bring '
+      f'seed{"s" if len(behind) > 1 else ""} '
+      f'{", ".join(str(self.seeds[k]) for k in behind)} to step {latest} '
+      f'alone ({catch_up}), then relaunch; to start over, move '
+      f'{started} aside.'
     )
 
   def record_launch(
@@ -109,15 +141,60 @@ class Ensemble:
       )
 
   def save(self, step: int, host_state: GANState) -> None:
-    """Starts saving each GAN's slice of a stacked host state."""
+    """Starts saving each GAN's slice of a stacked host state; a save that
+    cannot start, or the previous one failing, is a CheckpointError."""
+    if self.saving is not None:
+      self._finish_saves()
     for k, manager in enumerate(self.managers):
-      manager.save(step, args=ocp.args.StandardSave(member(host_state, k)))
+      try:
+        manager.save(step, args=ocp.args.StandardSave(member(host_state, k)))
+      except Exception as e:  # Orbax and the file systems raise many types.
+        raise CheckpointError(self._save_failed(step, k, e)) from e
+    self.saving = step
+
+  def check_saves(self) -> None:
+    """A CheckpointError as soon as the saves in flight are done and one of
+    them failed, not at the next save; cheap while they are running."""
+    if self.saving is not None and not any(
+      m.is_saving_in_progress() for m in self.managers
+    ):
+      self._finish_saves()
+
+  def _finish_saves(self) -> None:
+    step, self.saving = self.saving, None
+    failed = []
+    for k, manager in enumerate(self.managers):
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # The error of the background save.
+        failed.append((k, e))
+    if failed:
+      k, error = failed[0]
+      raise CheckpointError(self._save_failed(step, k, error)) from error
+
+  def _save_failed(self, step: int, k: int, error: Exception) -> str:
+    """The one-line report of GAN k's failed save, naming the last good step."""
+    saved = set.intersection(*(set(m.all_steps()) for m in self.managers)) - {step}
+    where = (
+      f'the last good checkpoint is step {max(saved)}, where a relaunch resumes'
+      if saved
+      else 'no checkpoint was written yet; relaunching starts over'
+    )
+    return (
+      f'Saving checkpoint {step}{self.describe(k)} to '
+      f'{self.managers[k].directory} failed ({rundir.error_summary(error)}); '
+      f'{where}.'
+    )
 
   def close(self) -> None:
-    """Waits for the saves in flight, then closes the checkpoint managers."""
-    for manager in self.managers:
-      manager.wait_until_finished()
-      manager.close()
+    """Waits for the saves in flight (a CheckpointError if one failed), then
+    closes the checkpoint managers."""
+    try:
+      if self.saving is not None:
+        self._finish_saves()
+    finally:
+      for manager in self.managers:
+        manager.close()
 
   def batches(
     self, images: np.ndarray, global_batch_size: int, start_step: int

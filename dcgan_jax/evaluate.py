@@ -78,6 +78,7 @@ def _evaluate(args) -> None:
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter('%(message)s'))
   memory.logger.addHandler(handler)
+  level = memory.logger.level
   memory.logger.setLevel(logging.INFO)
   limit = args.memory_limit_gb
   try:
@@ -91,6 +92,7 @@ def _evaluate(args) -> None:
     )
   finally:
     memory.logger.removeHandler(handler)
+    memory.logger.setLevel(level)
   print(evaluator.summary(report))
   print(
     f'Report: {os.path.join(args.workdir, rundir.EVAL_DIR)}/report_step_{report["step"]}.json'

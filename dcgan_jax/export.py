@@ -39,7 +39,7 @@ from jax import export as jax_export
 from dcgan_jax import cli
 from dcgan_jax.core import generate, rundir
 from dcgan_jax.networks import models
-from dcgan_jax.util import files
+from dcgan_jax.util import files, progress
 
 EXPORT_FILE = 'generator.jaxexport'
 SIGNATURE_FILE = 'signature.json'
@@ -158,12 +158,15 @@ def export_workdir(
 ) -> str:
   """Exports the latest checkpoint of `workdir` to `output` (default
   W/export); returns the output directory."""
-  run = rundir.load_run(workdir)  # Errors say what to pass.
-  exported = export_generator(
-    run.config, run.g_variables, platforms=platforms, conv_impl=conv_impl
-  )
+  with progress.timed(f'Restoring the checkpoint of {workdir}'):
+    run = rundir.load_run(workdir)  # Errors say what to pass.
+  with progress.timed(f'Exporting G for {", ".join(platforms)} (lowering)'):
+    exported = export_generator(
+      run.config, run.g_variables, platforms=platforms, conv_impl=conv_impl
+    )
   output = output or files.join(workdir, 'export')
-  write_artefact(output, run.config, exported, run.step)
+  with progress.timed(f'Writing the artefact to {output}'):
+    write_artefact(output, run.config, exported, run.step)
   return output
 
 

@@ -17,7 +17,7 @@ from absl import flags
 
 from dcgan_jax import cli
 from dcgan_jax.core import generate, rundir
-from dcgan_jax.util import figures, files
+from dcgan_jax.util import figures, files, progress
 
 COMMAND = cli.Command('sample', __doc__)
 COMMAND.path('workdir', None, 'Training workdir (a single GAN).')
@@ -49,7 +49,8 @@ def sample_from_workdir(
   of `batch_size` (see `generate.images`). `batchnorm`: see
   `generate.generator_fn` (default: the run's config.sample_batchnorm).
   """
-  run = rundir.load_run(workdir)
+  with progress.timed(f'Restoring the checkpoint of {workdir}'):
+    run = rundir.load_run(workdir)
   fn = generate.generator_fn(run.config, run.g_variables, batchnorm=batchnorm)
   z = generate.run_z(run.config, num_samples, seed)
   return generate.images(fn, z, batch_size=batch_size)
@@ -62,11 +63,12 @@ def _sample(args: flags.FlagValues) -> None:
   images = sample_from_workdir(
     args.workdir, args.num_samples, seed=args.seed, batchnorm=args.batchnorm
   )
-  if ext == '.png':
-    figures.save_png(figures.make_grid(images), args.output)
-  else:
-    with files.atomic_write(args.output) as f:
-      np.savez_compressed(f, images=images)
+  with progress.timed(f'Writing {args.output}'):
+    if ext == '.png':
+      figures.save_png(figures.make_grid(images), args.output)
+    else:
+      with files.atomic_write(args.output) as f:
+        np.savez_compressed(f, images=images)
   print(f'Wrote {len(images)} samples {images.shape[1:]} to {args.output}')
 
 

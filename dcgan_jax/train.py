@@ -54,6 +54,12 @@ def train_and_evaluate(
     for directory in dict.fromkeys([workdir, *gans.workdirs]):
       rundir.make_workdir(directory)
   images = loader.load_data(config, workdir)
+  try:  # Now, not at the first batch: before anything compiles or is saved.
+    input_pipeline.check_batching(
+      len(images), config.global_batch_size, jax.process_count()
+    )
+  except ValueError as e:
+    raise ConfigError(f'Cannot train on config.dataset={config.dataset!r}: {e}') from e
   periodic_eval = _make_periodic_eval(config, gans, images) if is_chief else None
 
   hyper = step_lib.make_step_config(
@@ -100,7 +106,16 @@ def train_and_evaluate(
   train_metrics, last_logged, t0 = None, start_step, time.time()
   step = start_step
   for step in range(start_step + 1, config.num_train_steps + 1):
+    first = step == start_step + 1
+    if first:
+      logging.info('Compiling the train step (the first step waits for it) ...')
+      compile_start = time.time()
     state, step_metrics = p_train_step(state, next(batches), train_keys)
+    if first:
+      jax.block_until_ready(step_metrics)
+      logging.info(
+        'Train step compiled and run once in %.1f s.', time.time() - compile_start
+      )
     step_metrics = unreplicate(step_metrics)  # Leading axis: GANs.
     train_metrics = (
       step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
@@ -116,6 +131,7 @@ def train_and_evaluate(
     if step % config.sample_every_steps == 0 or is_last:
       with report.timed('sample'):
         log.samples(step, state)
+    gans.check_saves()  # A save that failed in the background stops the run now.
     if save_now:
       with report.timed('checkpoint'):
         gans.save(step, jax.device_get(unreplicate(state)))  # Same on every host.
@@ -171,6 +187,7 @@ class _Outputs:
         real_sample,
         d_wins_window=config.monitor_d_wins_window,
         collapse_ratio=config.monitor_collapse_ratio,
+        collapse_warmup_steps=config.get('monitor_collapse_warmup_steps', 1000),
       )
       for _ in gans.configs
     ]

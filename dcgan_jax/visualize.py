@@ -61,9 +61,31 @@ from dcgan_jax.core import generate, rundir
 from dcgan_jax.core import state as state_lib
 from dcgan_jax.data import input_pipeline, loader
 from dcgan_jax.evaluation import d_features
-from dcgan_jax.util import figures, files
+from dcgan_jax.util import figures, files, progress
 
 OUTPUT_DIR = 'visualize'
+# What this command writes into --output (and nothing else may be there).
+_OUTPUT_NAMES = re.compile(
+  r'(sheet_seed\d+\.(png|npz)|interpolate(_.+\.png|\.gif)|arithmetic_.+\.png'
+  r'|training\.gif|guided_backprop_layer-?\d+\.(png|json)'
+  r'|batchnorm_modes\.(png|json)|gallery\.json)(\.tmp-.*)?'
+)
+
+
+def check_output(output: str) -> None:
+  """A FileExistsError unless `output` is new, empty, or holds only this
+  command's pictures: it never writes among a user's files."""
+  if not files.isdir(output):
+    return
+  others = [n for n in files.listdir(output) if not _OUTPUT_NAMES.fullmatch(n)]
+  if others:
+    raise FileExistsError(
+      f'--output={output} already holds files this command did not write '
+      f'({", ".join(others[:5])}); give a new directory, or one holding only '
+      'earlier pictures.'
+    )
+
+
 _SHEET_KEY_TAG = 0x73686565  # 'shee'
 _WALK_KEY_TAG = 0x77616C6B  # 'walk'
 _PERTURB_KEY_TAG = 0x70657274  # 'pert'
@@ -86,8 +108,9 @@ class Run(rundir.Run):
     )
 
   def generate(self, z: jax.Array | np.ndarray) -> np.ndarray:
-    """uint8 images G(z)."""
-    return generate.to_uint8(self._generator(jnp.asarray(z, jnp.float32)))
+    """uint8 images G(z) (the first call for each number of z compiles G)."""
+    with progress.timed(f'G on {len(z)} z'):
+      return generate.to_uint8(self._generator(jnp.asarray(z, jnp.float32)))
 
   def z(self, seed: int, tag: int, num: int) -> np.ndarray:
     key = jax.random.fold_in(jax.random.key(seed), tag)
@@ -170,7 +193,7 @@ def interpolate(
       figures.save_image(grid, os.path.join(output, f'interpolate_{name}.png'))
     )
   frames = []
-  for p in range(pairs):
+  for p in progress.track(range(pairs), 'Interpolation frames', unit='walks'):
     for s in range(0 if p == 0 else 1, steps):  # Pair p starts where p-1 ended.
       frames.append(
         figures.labelled_grid(
@@ -278,7 +301,7 @@ def movie(run_or_workdir: Run | str, output: str, *, fps: float = 4) -> list[str
       'two (lower --config.sample_every_steps when training).'
     )
   frames = []
-  for step, path in steps:
+  for step, path in progress.track(steps, 'Movie frames', unit='frames'):
     with files.open(path, 'rb') as f, Image.open(f) as image:
       grid = image.convert('RGB')
     factor = max(1, math.ceil(256 / min(grid.size)))
@@ -347,7 +370,9 @@ def guided_backprop_maps(
 
   maps = [
     [np.asarray(gradient(x[n], unit)) for n in row]
-    for unit, row in zip(chosen, image_idx, strict=True)
+    for unit, row in progress.track(
+      list(zip(chosen, image_idx, strict=True)), 'Guided backprop maps', unit='units'
+    )
   ]
   return chosen, image_idx, np.asarray(maps)
 
@@ -526,12 +551,17 @@ def gallery(
 ) -> list[str]:
   """The README's gallery: BatchNorm modes, sheet, walks, arithmetic, movie
   frame, guided backprop, into `output`."""
-  written = batchnorm_modes(run, output, num=16)
-  written += sheet(run, output, num=64)
-  written += interpolate(run, output, pairs=4, steps=10)
-  written += arithmetic(run, output, a=a, b=b, c=c, sheet_size=64)
-  written += movie(run, output)
-  written += guided_backprop(run, output)
+  parts = [
+    lambda: batchnorm_modes(run, output, num=16),
+    lambda: sheet(run, output, num=64),
+    lambda: interpolate(run, output, pairs=4, steps=10),
+    lambda: arithmetic(run, output, a=a, b=b, c=c, sheet_size=64),
+    lambda: movie(run, output),
+    lambda: guided_backprop(run, output),
+  ]
+  written = []
+  for part in progress.track(parts, 'Gallery', unit='figures'):
+    written += part()
   files.write_json(
     os.path.join(output, 'gallery.json'), {'workdir': run.workdir, 'files': written}
   )
@@ -579,6 +609,7 @@ COMMAND.required('workdir')
 
 def _visualize(args, command: str) -> None:
   output = args.output or files.join(args.workdir, OUTPUT_DIR)
+  check_output(output)
   run = load_run(args.workdir, args.batchnorm)
   if command == 'sheet':
     written = sheet(run, output, num=args.num, seed=args.seed)

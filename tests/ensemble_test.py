@@ -52,6 +52,18 @@ def test_resume_and_a_save_interrupted_between_members(data_dir, single_runs, tm
   train.train_and_evaluate(config, str(tmp_path))
   # ... then as if killed after seed 3 saved step 6 and before seed 4 did.
   shutil.rmtree(tmp_path / 'seed_4' / 'checkpoints' / '6')
+  ahead = tmp_path / 'seed_3' / 'checkpoints' / '6'
+  aside = tmp_path / 'seed_3' / 'set_aside_step_6'
+  with pytest.raises(errors.CheckpointError) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert str(e.value) == (
+    f'The 2 GANs last saved together at step 3, but {ahead} went further (a '
+    'kill between their saves); nothing was deleted. To resume all of them '
+    'from step 3, which writes those checkpoints again bit for bit, move them '
+    f'aside ({ahead} to {aside}) and relaunch.'
+  )
+  assert ahead.is_dir()  # Refused, not deleted.
+  ahead.rename(aside)
   train.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'seed_3' / 'checkpoints')) == ['3', '6']
   for seed in (3, 4):

@@ -166,6 +166,14 @@ def test_inception_path_with_a_stand_in_network(workdir, tmp_path, monkeypatch):
     return module, variables
 
   monkeypatch.setattr(evaluator.inception, 'load_fid_inception', fake_load)
+  monkeypatch.setattr(
+    evaluator.inception,
+    'weights_identity',
+    lambda path=None: {
+      'inception_weights_sha256': 'stand-in',
+      'inception_weights_official': False,
+    },
+  )
   config = rundir.load_config(workdir)
   real = loader.load_data(config, workdir)[:250]
   fake = untrained_samples(config, 120)
@@ -433,6 +441,7 @@ def test_a_metric_that_does_not_fit_is_a_one_line_error(workdir, monkeypatch, ca
     )
   # Too little memory for the largest chunk: a smaller one that fits.
   small = evaluator.memorization_estimate(config, 50, len(real), 512).bytes
+  caplog.clear()  # Only this call's lines.
   with caplog.at_level(logging.INFO, logger=memory.logger.name):
     evaluator.memorization_metrics(
       workdir, config, state, samples, real, memory_limit=small
@@ -507,6 +516,14 @@ def test_caches_reports_and_figures_in_a_gs_workdir(workdir, gcs_bucket, monkeyp
   variables = module.init(jax.random.key(3), jnp.zeros((1, 299, 299, 3)))
   monkeypatch.setattr(
     evaluator.inception, 'load_fid_inception', lambda *a, **k: (module, variables)
+  )
+  monkeypatch.setattr(
+    evaluator.inception,
+    'weights_identity',
+    lambda path=None: {
+      'inception_weights_sha256': 'stand-in',
+      'inception_weights_official': False,
+    },
   )
   kwargs = dict(real_images=real[:150], inception_weights='gs://weights/stand_in.pth')
   fid, details = evaluator.compute_metrics(

@@ -688,12 +688,64 @@ def test_download_with_wrong_hash_leaves_nothing(home, monkeypatch):
   assert os.listdir(home) == []
 
 
+def test_download_with_only_the_hash_prefix_right_is_refused(home, monkeypatch):
+  blob = b'not the weights'
+  actual = hashlib.sha256(blob).hexdigest()
+  # The file name's 8 hex digits match, the rest does not: refused all the same.
+  monkeypatch.setattr(inception, 'FID_WEIGHTS_SHA256', actual[:8] + '0' * 56)
+  monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: io.BytesIO(blob))
+  with pytest.raises(OSError) as e:
+    inception.download_weights(str(home / 'w.pth'), url='https://x/w.pth')
+  assert str(e.value) == (
+    f'downloaded https://x/w.pth has SHA-256 {actual}, expected '
+    f'{actual[:8]}{"0" * 56}: refusing it'
+  )
+  assert not home.exists() or os.listdir(home) == []
+
+
+def test_published_file_constants():
+  assert inception.FID_WEIGHTS_SHA256.startswith(inception.FID_WEIGHTS_SHA256_PREFIX)
+  assert inception.FID_WEIGHTS_SHA256 == (
+    '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'
+  )
+  assert inception.FID_WEIGHTS_SIZE == 95_628_359
+
+
+def test_user_file_with_another_hash_is_used_but_not_official(
+  tmp_path, monkeypatch, caplog
+):
+  path = tmp_path / 'mine.pth'
+  path.write_bytes(b'user weights')
+  sha = hashlib.sha256(b'user weights').hexdigest()
+  with caplog.at_level('WARNING'):
+    identity = inception.weights_identity(path)
+  assert identity == {
+    'inception_weights_sha256': sha,
+    'inception_weights_official': False,
+  }
+  assert f'SHA-256 {sha}, not that of pytorch-fid' in caplog.text
+  monkeypatch.setattr(inception, 'FID_WEIGHTS_SHA256', sha)
+  assert inception.weights_identity(path)['inception_weights_official'] is True
+
+
+def test_weights_are_hashed_once_per_path_size_and_mtime(tmp_path, monkeypatch):
+  path = tmp_path / 'mine.pth'
+  path.write_bytes(b'abc')
+  opened = []
+  real_open = files.open
+  monkeypatch.setattr(files, 'open', lambda p, *a: opened.append(p) or real_open(p, *a))
+  first = inception.file_sha256(path)
+  assert inception.file_sha256(str(path)) == first and len(opened) == 1
+  path.write_bytes(b'abd')
+  os.utime(path, ns=(1, 1))
+  assert inception.file_sha256(path) == hashlib.sha256(b'abd').hexdigest()
+  assert len(opened) == 2
+
+
 def test_download_then_load(home, standin, monkeypatch):
   _, zip_path, _ = standin
   blob = zip_path.read_bytes()
-  monkeypatch.setattr(
-    inception, 'FID_WEIGHTS_SHA256_PREFIX', hashlib.sha256(blob).hexdigest()[:8]
-  )
+  monkeypatch.setattr(inception, 'FID_WEIGHTS_SHA256', hashlib.sha256(blob).hexdigest())
   monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: io.BytesIO(blob))
   _, variables = inception.load_fid_inception()
   assert os.listdir(home) == ['pt_inception-2015-12-05-6726825d.pth']
@@ -757,9 +809,7 @@ def test_refuses_other_globals(tmp_path):
   path = tmp_path / 'evil.pth'
   with zipfile.ZipFile(path, 'w') as z:
     z.writestr('archive/data.pkl', pickle.dumps({'x': Evil()}, protocol=2))
-  with pytest.raises(
-    pickle.UnpicklingError, match='refusing to load global posix.mkdir'
-  ):
+  with pytest.raises(ValueError, match='refusing to load global posix.mkdir'):
     pth_reader.load_state_dict(path)
   assert not target.exists()
 

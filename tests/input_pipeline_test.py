@@ -427,6 +427,33 @@ def test_disk_cache_never_trusts_partial_files(tmp_path, image_tree):
   assert len(list(cache_dir.iterdir())) == 2
 
 
+def test_disk_cache_on_a_full_disk_is_one_line_and_leaves_nothing(
+  tmp_path, image_tree, monkeypatch
+):
+  cache_dir = tmp_path / 'cache'
+  kw = dict(
+    dataset=f'folder:{image_tree}',
+    image_size=8,
+    num_channels=3,
+    cache='disk',
+    cache_dir=str(cache_dir),
+  )
+  needed = ip.load_images(**{**kw, 'cache': 'memory'}).nbytes
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(
+    ip.shutil, 'disk_usage', lambda _: usage._replace(free=100)
+  )  # The disk as it would be with 100 bytes left: less than 7 8x8 RGB images.
+  with pytest.raises(ValueError) as e:
+    ip.load_images(**kw)
+  assert str(e.value) == (
+    f'The disk cache needs {needed:,} bytes in {cache_dir}, but only 100 bytes '
+    'is free; '
+    'free space there, set config.cache_dir to a local disk with room, or use '
+    "config.cache='memory'."
+  )
+  assert list(cache_dir.iterdir()) == []
+
+
 # --------------------------------------------------------------------------
 # Undecodable files in folder: (config.bad_images).
 

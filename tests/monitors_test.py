@@ -38,3 +38,44 @@ def test_collapse_warns_for_identical_samples_only(caplog):
     collapsed = np.repeat(real_like(1), 64, axis=0) + 1e-3 * real_like(seed=2)
     ratio = monitor.on_samples(6, collapsed)['monitor/sample_diversity']
     assert ratio < 0.01 and 'Possible mode collapse at step 6' in caplog.text
+
+
+def collapsed_like(n=64):
+  return np.repeat(real_like(1), n, axis=0) + 1e-3 * real_like(n, seed=2)
+
+
+def test_collapse_is_not_judged_during_warm_up(caplog):
+  monitor = monitors.GANMonitors(
+    real_like(), d_wins_window=3, collapse_ratio=0.2, collapse_warmup_steps=100
+  )
+  with caplog.at_level(logging.WARNING):
+    for step in (0, 50, 99):  # An untrained G: alike samples, no warning yet.
+      ratio = monitor.on_samples(step, collapsed_like())['monitor/sample_diversity']
+      assert ratio < 0.01  # The scalar is still reported.
+    assert 'mode collapse' not in caplog.text
+    monitor.on_samples(100, collapsed_like())
+    assert 'Possible mode collapse at step 100' in caplog.text
+
+
+def test_collapse_after_diverse_samples_warns_before_the_warm_up_ends(caplog):
+  monitor = monitors.GANMonitors(
+    real_like(), d_wins_window=3, collapse_ratio=0.2, collapse_warmup_steps=10_000
+  )
+  with caplog.at_level(logging.WARNING):
+    monitor.on_samples(0, collapsed_like())
+    monitor.on_samples(10, collapsed_like())
+    assert 'mode collapse' not in caplog.text
+    monitor.on_samples(20, real_like(seed=3))  # Diverse once: G has learned.
+    monitor.on_samples(30, collapsed_like())
+    assert 'Possible mode collapse at step 30' in caplog.text
+
+
+def test_collapse_never_warns_at_step_zero(caplog):
+  monitor = monitors.GANMonitors(
+    real_like(), d_wins_window=3, collapse_ratio=0.2, collapse_warmup_steps=0
+  )
+  with caplog.at_level(logging.WARNING):
+    monitor.on_samples(0, collapsed_like())
+    assert 'mode collapse' not in caplog.text
+    monitor.on_samples(1, collapsed_like())
+    assert 'Possible mode collapse at step 1' in caplog.text

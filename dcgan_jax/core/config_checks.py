@@ -1,12 +1,165 @@
-"""Checks of a config before anything compiles, with what to change."""
+"""Checks of a config before anything compiles, with what to change.
+
+Every numeric key of configs/default.py has a range here, every string key
+its choices; a message names the key, the value, what is allowed and the
+flag that changes it (`--config.KEY=...`).
+"""
+
+import math
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 
+from dcgan_jax.data import input_pipeline
 from dcgan_jax.networks import models
 from dcgan_jax.util import files
 from dcgan_jax.util.errors import ConfigError
 
 EVAL_METRICS = ('classifier', 'inception', 'memorization')
+
+# Keys that count something: (key, smallest allowed value, that rule in words).
+_COUNTS = (
+  ('seed', 0, '>= 0'),
+  ('num_seeds', 1, '>= 1'),
+  ('model.z_dim', 1, '>= 1'),
+  ('model.g_width', 1, '>= 1'),
+  ('model.d_width', 1, '>= 1'),
+  ('model.mlp_hidden', 1, '>= 1'),
+  ('num_train_steps', 1, 'positive'),
+  ('log_every_steps', 1, 'positive'),
+  ('sample_every_steps', 1, 'positive'),
+  ('checkpoint_every_steps', 1, 'positive'),
+  ('keep_checkpoints', 1, 'positive'),
+  ('num_sample_images', 1, 'positive'),
+  ('monitor_d_wins_window', 1, 'positive'),
+  ('monitor_collapse_warmup_steps', 0, '>= 0'),
+  ('eval_every_steps', 0, '>= 0 (0: never)'),
+)
+# Real-valued keys: (key, low, low included, high, high included); None: no bound.
+_REALS = (
+  ('model.bn_momentum', 0.0, True, 1.0, False),
+  ('model.bn_epsilon', 0.0, False, None, False),
+  ('model.leaky_slope', 0.0, True, 1.0, False),
+  ('model.init_std', 0.0, False, None, False),
+  ('model.dropout_rate', 0.0, True, 1.0, False),
+  ('g_learning_rate', 0.0, False, None, False),
+  ('d_learning_rate', 0.0, False, None, False),
+  ('sgd_momentum', 0.0, True, 1.0, False),
+  ('b1', 0.0, True, 1.0, False),
+  ('b2', 0.0, True, 1.0, False),
+  ('real_label', 0.0, False, 1.0, True),
+  ('monitor_collapse_ratio', 0.0, True, 1.0, True),
+)
+# Keys with a fixed set of values.
+_CHOICES = (
+  ('ensemble', ('unroll', 'vmap')),
+  ('num_channels', models.NUM_CHANNELS),
+  ('crop', input_pipeline.CROPS),
+  ('cache', input_pipeline.CACHES),
+  ('bad_images', input_pipeline.BAD_IMAGES),
+  ('model.arch', models.ARCHS),
+  ('model.z_dist', models.Z_DISTS),
+  ('model.kernel_size', models.KERNEL_SIZES),
+  ('model.upsample', models.UPSAMPLES),
+  ('model.resize_method', models.RESIZE_METHODS),
+  ('model.conv_impl', models.CONV_IMPLS),
+  ('model.compute_dtype', models.COMPUTE_DTYPES),
+  ('optimizer', ('adam', 'sgd')),
+  ('nonfinite', ('stop', 'skip')),
+  ('sample_batchnorm', ('running', 'batch')),
+)
+_BOOLS = (
+  'download',
+  'model.g_batchnorm',
+  'model.d_batchnorm',
+  'sync_batchnorm',
+  'deterministic_gpu',
+)
+
+
+def _fail(key: str, rule: str, value: Any) -> None:
+  raise ConfigError(
+    f'Invalid config: {key} must be {rule}, got {value!r}; '
+    f'change it with --config.{key}=...'
+  )
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """config['a.b'] for a dotted key; None where it is missing (old configs)."""
+  for name in key.split('.'):
+    if config is None or name not in config:
+      return None
+    config = config[name]
+  return config
+
+
+def _is_real(value: Any) -> bool:
+  return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _alternatives(choices: Iterable[Any]) -> str:
+  quoted = [repr(c) for c in choices]
+  return (
+    ' or '.join(quoted)
+    if len(quoted) < 3
+    else f'{", ".join(quoted[:-1])} or {quoted[-1]}'
+  )
+
+
+def _interval(low, low_in, high, high_in) -> str:
+  if high is None:
+    return f'>= {low:g}' if low_in else f'> {low:g} (and finite)'
+  return f'in {"[" if low_in else "("}{low:g}, {high:g}{"]" if high_in else ")"}'
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Each key of configs/default.py alone: its type, range or choices."""
+  for key, low, rule in _COUNTS:
+    value = _get(config, key)
+    if value is None:
+      continue
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      _fail(key, rule, value)
+  for key, low, low_in, high, high_in in _REALS:
+    value = _get(config, key)
+    if value is None:
+      continue
+    ok = _is_real(value) and math.isfinite(value)
+    ok = ok and (value >= low if low_in else value > low)
+    if high is not None:
+      ok = ok and (value <= high if high_in else value < high)
+    if not ok:
+      _fail(key, _interval(low, low_in, high, high_in), value)
+  for key, choices in _CHOICES:
+    value = _get(config, key)
+    if value is not None and value not in choices:
+      _fail(key, _alternatives(choices), value)
+  for key in _BOOLS:
+    value = _get(config, key)
+    if value is not None and not isinstance(value, bool):
+      _fail(key, 'True or False', value)
+  for key in ('dataset', 'split', 'image_key'):
+    value = _get(config, key)
+    if value is not None and (not isinstance(value, str) or not value):
+      _fail(key, 'a non-empty string', value)
+
+
+def check_image_size(config: ml_collections.ConfigDict) -> None:
+  """config.image_size against what config.model.arch makes."""
+  arch, size = config.model.arch, config.image_size
+  if arch == 'dcgan':
+    ok = size in models.DCGAN_IMAGE_SIZES
+    rule = (
+      f"a power of two in {models.DCGAN_IMAGE_SIZES} for model.arch='dcgan' "
+      "(28 for 'tf_tutorial' and 'conv28')"
+    )
+  elif arch == 'mlp':
+    ok, rule = isinstance(size, int) and size >= 8, ">= 8 for model.arch='mlp'"
+  else:
+    ok, rule = size == 28, f'28 for model.arch={arch!r}'
+  if not ok:
+    _fail('image_size', rule, size)
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -16,68 +169,32 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     if not ok:
       raise ConfigError(f'Invalid config: {message}')
 
+  check_ranges(config)
   need(
     config.global_batch_size > 0 and config.global_batch_size % num_devices == 0,
     f'global_batch_size={config.global_batch_size} must be a positive multiple '
     f'of the {num_devices} devices; set --config.global_batch_size to one.',
   )
-  need(config.num_train_steps > 0, 'num_train_steps must be positive.')
   check_paths(config)
-  need(config.num_seeds >= 1, f'num_seeds must be >= 1 (got {config.num_seeds}).')
-  need(
-    config.ensemble in ('unroll', 'vmap'),
-    f"ensemble must be 'unroll' or 'vmap', got {config.ensemble!r}.",
-  )
-  try:  # Architecture, image size, channels, kernel, upsampling, z.
+  check_image_size(config)
+  try:  # Combinations: g_width against image_size, and what else models checks.
     models.create_models(
       config.model, image_size=config.image_size, num_channels=config.num_channels
     )
   except ValueError as e:
     raise ConfigError(f'Invalid config: {e}') from e
-  for key in ('log_every_steps', 'sample_every_steps', 'checkpoint_every_steps'):
-    need(config[key] > 0, f'{key} must be positive (got {config[key]}).')
-  need(config.keep_checkpoints > 0, 'keep_checkpoints must be positive.')
-  need(config.num_sample_images > 0, 'num_sample_images must be positive.')
-  need(
-    config.sample_batchnorm in ('running', 'batch'),
-    f"sample_batchnorm must be 'running' or 'batch', got {config.sample_batchnorm!r}.",
-  )
-  need(
-    config.num_channels in (1, 3),
-    f'num_channels must be 1 or 3, got {config.num_channels}.',
-  )
-  need(
-    0.0 < config.real_label <= 1.0,
-    f'real_label must be in (0, 1], got {config.real_label}.',
-  )
-  need(
-    config.nonfinite in ('stop', 'skip'),
-    f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}.",
-  )
-  need(
-    config.optimizer in ('adam', 'sgd'),
-    f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.",
-  )
-  for key in ('g_learning_rate', 'd_learning_rate'):
-    need(config[key] > 0, f'{key} must be positive (got {config[key]}).')
-  need(
-    0.0 <= config.b1 < 1.0 and 0.0 <= config.b2 < 1.0,
-    f'b1 and b2 must be in [0, 1), got {config.b1}, {config.b2}.',
-  )
-  need(
-    config.eval_every_steps >= 0,
-    f'eval_every_steps must be >= 0 (0: never), got {config.eval_every_steps}.',
-  )
   if config.eval_every_steps:
     need(
       config.eval_num_samples >= 10,
-      f'eval_num_samples must be at least 10, got {config.eval_num_samples}.',
+      f'eval_num_samples must be at least 10, got {config.eval_num_samples}; '
+      'change it with --config.eval_num_samples=...',
     )
     metrics = eval_metrics(config)
     need(
       bool(metrics) and set(metrics) <= set(EVAL_METRICS),
       "eval_metrics must be a comma-separated list of 'classifier', "
-      f"'inception' and 'memorization', got {config.eval_metrics!r}.",
+      f"'inception' and 'memorization', got {config.eval_metrics!r}; change "
+      'it with --config.eval_metrics=...',
     )
 
 

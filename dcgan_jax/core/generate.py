@@ -18,6 +18,7 @@ from flax import linen as nn
 
 from dcgan_jax.core.state import split_root_key
 from dcgan_jax.networks import models
+from dcgan_jax.util import progress
 
 # Folded into key(seed): z for evaluation never equals the training run's z.
 _EVAL_KEY_TAG = 0x6576616C  # 'eval'
@@ -124,9 +125,17 @@ def images(
   """uint8 [len(z), H, W, C] samples fn(z), in chunks of `batch_size` z so
   that large requests fit in memory (in 'batch' BatchNorm mode the chunk is
   the batch whose statistics G normalises with)."""
-  return np.concatenate(
-    [to_uint8(fn(z[i : i + batch_size])) for i in range(0, len(z), batch_size)]
-  )
+  count = progress.Progress('Drawing samples', len(z), unit='images')
+  chunks = []
+  for i in range(0, len(z), batch_size):
+    if i == 0:  # The first call compiles G.
+      with progress.timed('Compiling G (and drawing its first chunk)'):
+        chunks.append(to_uint8(fn(z[i : i + batch_size])))
+    else:
+      chunks.append(to_uint8(fn(z[i : i + batch_size])))
+    count.update(len(chunks[-1]))
+  count.close()
+  return np.concatenate(chunks)
 
 
 def sample_z(config: ml_collections.ConfigDict, key: jax.Array, num: int) -> jax.Array:

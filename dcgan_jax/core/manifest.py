@@ -46,6 +46,7 @@ RESUMABLE_KEYS = frozenset(
     'deterministic_gpu',
     'monitor_d_wins_window',
     'monitor_collapse_ratio',
+    'monitor_collapse_warmup_steps',
   }
 )
 _PACKAGES = (

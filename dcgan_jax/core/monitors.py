@@ -25,6 +25,10 @@ class GANMonitors:
   `d_wins_window` consecutive log intervals: G's gradients then vanish.
   Samples collapse when the diversity of the fixed-z samples falls below
   `collapse_ratio` times that of real images: G maps many z to one image.
+  An untrained G's samples are all alike too, so the collapse warning waits
+  for a warm-up: it fires once the samples have been diverse (ratio at or
+  above the threshold) at least once, or from step `collapse_warmup_steps`
+  on, and never at step 0. The diversity scalar is returned at every step.
   """
 
   def __init__(
@@ -34,6 +38,7 @@ class GANMonitors:
     d_wins_window: int,
     collapse_ratio: float,
     eps: float = 0.01,
+    collapse_warmup_steps: int = 1000,
   ):
     self._real_diversity = diversity(real_images)
     self._window = d_wins_window
@@ -41,6 +46,8 @@ class GANMonitors:
     self._eps = eps
     self._d_wins_since = None
     self._intervals = 0
+    self._warmup_steps = collapse_warmup_steps
+    self._was_diverse = False  # The samples' ratio reached the threshold once.
 
   def on_log(self, step: int, summary: dict[str, float]) -> dict[str, float]:
     wins = summary['d_real'] > 1 - self._eps and summary['d_fake'] < self._eps
@@ -64,7 +71,10 @@ class GANMonitors:
   def on_samples(self, step: int, images: np.ndarray) -> dict[str, float]:
     """`images` in [-1, 1] (as the real ones). Returns the diversity ratio."""
     ratio = diversity(images) / max(self._real_diversity, 1e-12)
-    if ratio < self._collapse_ratio:
+    if ratio >= self._collapse_ratio:
+      self._was_diverse = True
+    warmed_up = step > 0 and (self._was_diverse or step >= self._warmup_steps)
+    if ratio < self._collapse_ratio and warmed_up:
       logging.warning(
         'Possible mode collapse at step %d: the fixed-z samples are %.2f times '
         'as diverse as real images (threshold %.2f).',

@@ -79,12 +79,36 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def checkpoint_manager(
   workdir: str, *, keep: int = 3, read_only: bool = False
 ) -> ocp.CheckpointManager:
+  """The Orbax manager of WORKDIR/checkpoints.
+
+  WORKDIR/checkpoints appears with the first save, so a launch that fails
+  before it leaves no empty directory behind. A writing manager first removes
+  the temporary directories of saves that a kill interrupted.
+  """
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=not read_only, read_only=read_only
+    max_to_keep=keep,
+    create=False,
+    read_only=read_only,
+    cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(
     files.join(files.absolute(workdir, '--workdir'), CHECKPOINT_DIR), options=options
   )
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The committed checkpoint steps of a single-GAN workdir, oldest first
+  (none where WORKDIR/checkpoints is missing or holds only unfinished saves)."""
+  if not files.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return []
+  with checkpoint_manager(workdir, read_only=True) as manager:
+    return sorted(manager.all_steps())
+
+
+def error_summary(error: BaseException) -> str:
+  """'Type: first line of the message' (at most 300 characters of it)."""
+  reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
+  return f'{type(error).__name__}: {reason}' if reason else repr(error)
 
 
 def restore_latest(
@@ -112,7 +136,6 @@ def restore_latest(
 def _unreadable_message(manager: ocp.CheckpointManager, step: int, error) -> str:
   path = os.path.join(str(manager.directory), str(step))
   earlier = [s for s in manager.all_steps() if s < step]
-  reason = str(error).strip().splitlines()[0][:300] if str(error) else repr(error)
   if earlier:
     advice = (
       f'To resume from step {max(earlier)} (kept: {sorted(earlier)}), move the '
@@ -121,8 +144,8 @@ def _unreadable_message(manager: ocp.CheckpointManager, step: int, error) -> str
   else:
     advice = f'No earlier checkpoint is kept; move {path} aside to start over.'
   return (
-    f'The latest checkpoint, {path}, cannot be restored ({type(error).__name__}: '
-    f'{reason}). If the config changed since it was written, relaunch with the '
+    f'The latest checkpoint, {path}, cannot be restored ({error_summary(error)}). '
+    'If the config changed since it was written, relaunch with the '
     f'original one. {advice}'
   )
 
@@ -130,14 +153,16 @@ def _unreadable_message(manager: ocp.CheckpointManager, step: int, error) -> str
 def check_resume(
   config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool
 ) -> None:
-  """Refuses to resume a run whose trajectory-shaping config changed."""
+  """Refuses to resume a run whose trajectory-shaping config changed.
+
+  A workdir counts as trained once one of its GANs committed a checkpoint:
+  a launch that failed before its first save may be relaunched with any
+  config.
+  """
   if not files.exists(os.path.join(workdir, CONFIG_FILE)):
     return
   old = load_config(workdir)
-  trained = [
-    os.path.join(m.workdir, CHECKPOINT_DIR) for m in seed_members(old, workdir)
-  ]
-  if not any(files.isdir(path) for path in trained):
+  if not any(checkpoint_steps(m.workdir) for m in seed_members(old, workdir)):
     return  # Nothing trained yet: the new config simply starts over.
   changes = manifest.trajectory_changes(old, config)
   if changes and not allow_config_change:

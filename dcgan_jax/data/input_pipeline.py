@@ -45,8 +45,10 @@ import collections
 import concurrent.futures
 import functools
 import hashlib
+import math
 import os
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -74,6 +76,12 @@ CACHE_DIR_WHY = (
 _CACHE_FORMAT = 'v1'
 _DECODE_BATCH = 256
 _BAD_LISTED = 5  # Undecodable files named in errors and warnings.
+# Decoding allocates height x width x channels bytes before anything else
+# looks at an image, and a few-KB PNG can declare 100,000 x 100,000 pixels.
+# A folder image declaring more pixels than this in its header (PNG, JPEG,
+# GIF, BMP) is a bad image ('error' names it, 'skip' leaves it out). 2**28 =
+# 16,384 x 16,384: 0.8 GB decoded as RGB, far above any GAN training image.
+MAX_IMAGE_PIXELS = 2**28
 _COPY_BYTES = 64 << 20  # Chunk size when copying into a smaller array.
 _FOLDER_PREFIX = 'folder:'
 _IDX_PREFIX = 'idx:'
@@ -228,7 +236,7 @@ def batch_indices(
   in the order np.random.default_rng([seed, e]).permutation(num_examples);
   the last num_examples % global_batch_size of each epoch's order are skipped.
   """
-  _check_batching(num_examples, global_batch_size, 1)
+  check_batching(num_examples, global_batch_size, 1)
   if step < 0:
     raise ValueError(f'step must be >= 0, got {step}.')
   if seed < 0:
@@ -267,7 +275,7 @@ def host_batches(
   """
   if images.ndim != 4:
     raise ValueError(f'images must be [N, S, S, C], got shape {images.shape}.')
-  _check_batching(len(images), global_batch_size, process_count)
+  check_batching(len(images), global_batch_size, process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(
       f'process_index {process_index} is not in [0, process_count={process_count}).'
@@ -316,9 +324,11 @@ def _check_options(
     raise ValueError(f'image_size must be >= 1, got {image_size}.')
 
 
-def _check_batching(
+def check_batching(
   num_examples: int, global_batch_size: int, process_count: int
 ) -> None:
+  """A ValueError saying what to change unless the global batch splits
+  evenly over the processes and the data set holds at least one."""
   if process_count < 1:
     raise ValueError(f'process_count must be >= 1, got {process_count}.')
   if global_batch_size < 1 or global_batch_size % process_count:
@@ -644,6 +654,16 @@ def _load_folder(
     f'{len(failed)} of {len(paths)} images in {path} cannot be decoded, e.g. '
     f'{listed} (first {_BAD_LISTED} listed)'
   )
+  oversized = [
+    names[i]
+    for i, element in zip(failed[:_BAD_LISTED], elements, strict=False)
+    if _over_pixel_limit(element, is_path=reader is None)
+  ]
+  if oversized:
+    count += (
+      f'; of these, {", ".join(oversized)} declare more than '
+      f'MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,} pixels'
+    )
   if bad_images == 'error':
     raise ValueError(f"{count}: fix or remove them, or set config.bad_images='skip'.")
   if len(failed) == len(paths):
@@ -708,7 +728,56 @@ def _decode_file(file):
 
 def _decode_bytes(contents):
   tf = _tf()
-  return tf.io.decode_image(contents, expand_animations=False)
+  check = tf.debugging.assert_less_equal(
+    _header_pixels(contents),
+    tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+    message=f'image over MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,} pixels',
+  )
+  with tf.control_dependencies([check]):
+    return tf.io.decode_image(contents, expand_animations=False)
+
+
+def _over_pixel_limit(element, is_path: bool) -> bool:
+  """Whether a file (path or contents) declares more than MAX_IMAGE_PIXELS."""
+  tf = _tf()
+  try:
+    contents = tf.io.read_file(element) if is_path else element
+    return int(_header_pixels(contents)) > MAX_IMAGE_PIXELS
+  except tf.errors.OpError:  # Unreadable, or a JPEG header too broken to read.
+    return False
+
+
+def _header_pixels(contents):
+  """Width x height as a PNG, JPEG, GIF or BMP header declares it (int64;
+  0 for other contents), read without decoding the pixels."""
+  tf = _tf()
+  padded = tf.strings.join([contents, b'\0' * 32])
+  head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+
+  def number(at, order):  # Unsigned, bytes head[at + i] weighted by 256**order[i].
+    return sum(head[at + i] * 256**k for i, k in enumerate(order))
+
+  def signed_abs(value):  # |int32| of an unsigned 32-bit value.
+    return tf.where(value >= 2**31, 2**32 - value, value)
+
+  def starts(magic):
+    return tf.equal(tf.strings.substr(padded, 0, len(magic)), magic)
+
+  big32, little16, little32 = (3, 2, 1, 0), (0, 1), (0, 1, 2, 3)
+  png = number(16, big32) * number(20, big32)
+  gif = number(6, little16) * number(8, little16)
+  bmp = signed_abs(number(18, little32)) * signed_abs(number(22, little32))
+  jpeg = tf.cond(
+    tf.io.is_jpeg(contents),
+    lambda: tf.reduce_prod(
+      tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
+    ),
+    lambda: tf.constant(0, tf.int64),
+  )
+  zero = tf.constant(0, tf.int64)
+  pixels = tf.where(starts(b'\x89PNG'), png, zero)
+  pixels = tf.where(starts(b'GIF8'), gif, pixels)
+  return tf.where(starts(b'BM'), bmp, pixels) + jpeg
 
 
 def _check_undecodable(
@@ -934,8 +1003,21 @@ def _write_cache(path: str, build: Callable[..., np.ndarray]) -> None:
 
   def allocate(shape: tuple[int, ...]) -> np.ndarray:
     tmp = f'{path}{_TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    _check_free_space(os.path.dirname(path), math.prod(shape))
     temps.append(tmp)
-    return np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
+    array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
+    # A memory map is sparse: a disk that fills while it is written kills the
+    # process with SIGBUS. Reserve its blocks now, where a full disk is an
+    # error that can be reported.
+    with open(tmp, 'rb+') as f:
+      try:
+        os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
+      except OSError as e:
+        raise ValueError(
+          f'Cannot reserve {_gigabytes(os.path.getsize(tmp))} for the disk cache '
+          f'in {os.path.dirname(path)} ({e.strerror}); {_CACHE_SPACE_ADVICE}'
+        ) from e
+    return array
 
   try:
     images = build(out=allocate)
@@ -951,6 +1033,31 @@ def _write_cache(path: str, build: Callable[..., np.ndarray]) -> None:
     for tmp in temps:
       if os.path.exists(tmp):
         os.remove(tmp)
+
+
+_CACHE_SPACE_ADVICE = (
+  'free space there, set config.cache_dir to a local disk with room, or use '
+  "config.cache='memory'."
+)
+
+
+def _gigabytes(num_bytes: int) -> str:
+  if num_bytes >= 2**30:
+    return f'{num_bytes / 2**30:.2f} GiB'
+  if num_bytes >= 2**20:
+    return f'{num_bytes / 2**20:.1f} MiB'
+  return f'{num_bytes:,} bytes'
+
+
+def _check_free_space(directory: str, num_bytes: int) -> None:
+  """A ValueError saying how much is needed unless `directory`'s disk has
+  room for `num_bytes` more."""
+  free = shutil.disk_usage(directory).free
+  if num_bytes > free:
+    raise ValueError(
+      f'The disk cache needs {_gigabytes(num_bytes)} in {directory}, but only '
+      f'{_gigabytes(free)} is free; {_CACHE_SPACE_ADVICE}'
+    )
 
 
 def _remove_stale_temp_files(path: str) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from sklearn import calibration, datasets, svm
 
+from dcgan_jax.util import progress
+
 # The MNIST test set's IDX files: $DCGAN_MNIST_DIR, or ../shared/data/mnist
 # beside this checkout.
 MNIST_DIR = os.environ.get(
@@ -55,7 +57,7 @@ def to_features(images: np.ndarray) -> np.ndarray:
     np.asarray(
       Image.fromarray(im.astype(np.float32), mode='F').resize((8, 8), Image.BOX)
     )
-    for im in images
+    for im in progress.track(images, 'Resizing images to 8x8')
   ]
   return np.stack(small).reshape(len(images), 64) / 255.0
 
@@ -86,10 +88,13 @@ def fit_classifier(reference: str = 'digits', mnist_dir: str = MNIST_DIR):
   else:
     raise ValueError(f"reference must be 'digits' or 'mnist', got {reference!r}.")
   classifier = calibration.CalibratedClassifierCV(svm.SVC(), ensemble=False)
-  return classifier.fit(features, labels)
+  with progress.timed(f'Fitting the SVM on {len(labels)} {reference} images'):
+    return classifier.fit(features, labels)
 
 
 def recognise(images: np.ndarray, classifier) -> Recognition:
-  probs = classifier.predict_proba(to_features(images))
+  features = to_features(images)
+  with progress.timed(f'SVM predictions for {len(images)} images'):
+    probs = classifier.predict_proba(features)
   counts = np.bincount(probs.argmax(axis=1), minlength=10)
   return Recognition(counts / len(images), float(probs.max(axis=1).mean()))

@@ -51,7 +51,7 @@ import numpy as np
 from flax import serialization
 from scipy import special
 
-from dcgan_jax.core import config_checks, generate, rundir
+from dcgan_jax.core import config_checks, generate, manifest, rundir
 from dcgan_jax.core.state import GANState
 from dcgan_jax.data import input_pipeline, loader
 from dcgan_jax.evaluation import (
@@ -63,7 +63,7 @@ from dcgan_jax.evaluation import (
   memorization,
   memory,
 )
-from dcgan_jax.util import event_writer, figures, files
+from dcgan_jax.util import event_writer, figures, files, progress
 
 METRICS = config_checks.EVAL_METRICS
 CLASSIFIER_DIR = files.join(rundir.EVAL_DIR, 'classifier')
@@ -142,11 +142,20 @@ def _apply_inception(module: nn.Module, variables: Any, x: jax.Array):
   return module.apply(variables, inception.preprocess(x))
 
 
-def _data_fingerprint(config: ml_collections.ConfigDict, num_images: int) -> str:
+def _data_fingerprint(config: ml_collections.ConfigDict, images: np.ndarray) -> str:
+  """What the evaluation caches are of: the training images' content (the
+  manifest's sha256 of the preprocessed array, so that a folder edited in
+  place invalidates them), their shape and where the labels come from."""
   return (
-    f'dataset={config.dataset} split={config.split} crop={config.crop} '
-    f'{config.image_size}x{config.image_size}x{config.num_channels} n={num_images}'
+    f'dataset={config.dataset} split={config.split} '
+    f'{"x".join(map(str, images.shape[1:]))} n={len(images)} '
+    f'sha256={manifest.fingerprint(images)}'
   )
+
+
+def _writes_caches() -> bool:
+  """Only process 0 writes the caches; the others compute and keep in memory."""
+  return jax.process_index() == 0
 
 
 def load_labels(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
@@ -181,7 +190,7 @@ def load_or_train_classifier(
     raise ValueError(
       f'{config.dataset!r} has {len(labels)} labels but {len(real_images)} images.'
     )
-  fingerprint = f'{_data_fingerprint(config, len(labels))} {training.describe()}'
+  fingerprint = f'{_data_fingerprint(config, real_images)} {training.describe()}'
   directory = files.join(workdir, CLASSIFIER_DIR)
   meta_path = files.join(directory, 'classifier.json')
   params_path = files.join(directory, 'params.msgpack')
@@ -199,15 +208,16 @@ def load_or_train_classifier(
   module, params, accuracy = label_classifier.train_classifier(
     real_images, labels, num_classes, training
   )
-  # Parameters first: a fingerprint file never describes older parameters.
-  files.write_atomic(params_path, serialization.to_bytes(jax.device_get(params)))
   meta = {
     'fingerprint': fingerprint,
     'test_accuracy': accuracy,
     'num_classes': num_classes,
     'train_seconds': time.perf_counter() - start,
   }
-  files.write_json(meta_path, meta)
+  if _writes_caches():
+    # Parameters first: a fingerprint file never describes older parameters.
+    files.write_atomic(params_path, serialization.to_bytes(jax.device_get(params)))
+    files.write_json(meta_path, meta)
   return label_classifier.Classifier(module, params, fingerprint, accuracy, False)
 
 
@@ -271,7 +281,8 @@ def classifier_metrics(
     real_stats = label_classifier.feature_stats(
       classifier.module, classifier.params, real_images, CLASSIFIER_BATCH
     )
-    real_stats.save(stats_path, fingerprint=fingerprint)
+    if _writes_caches():
+      real_stats.save(stats_path, fingerprint=fingerprint)
   logits, features = label_classifier.classifier_outputs(
     classifier.module, classifier.params, images, CLASSIFIER_BATCH
   )
@@ -331,8 +342,9 @@ def inception_metrics(
 
   The real images' pool3 statistics (and a fixed subset of at most
   KID_REFERENCE_SIZE of their features, for KID) are a streamed pass over
-  all of them, cached in W/eval/ with a fingerprint naming the data, the
-  number of images and the weights file.
+  all of them, cached in W/eval/ with a fingerprint naming the images'
+  content (sha256) and the weights file's SHA-256, which `details` records
+  with whether they are pytorch-fid's official weights.
   """
   memory_details = memory.check(
     inception_estimate(len(images), images.shape[1:], len(real_images)),
@@ -341,7 +353,11 @@ def inception_metrics(
   module, variables = inception.load_fid_inception(weights)
   apply = functools.partial(_apply_inception, module)
   weights_name = os.path.basename(weights or inception.default_weights_path())
-  fingerprint = f'{_data_fingerprint(config, len(real_images))} {weights_name} pool3'
+  identity = inception.weights_identity(weights)
+  fingerprint = (
+    f'{_data_fingerprint(config, real_images)} '
+    f'weights_sha256={identity["inception_weights_sha256"]} {weights_name} pool3'
+  )
   path = files.join(workdir, rundir.EVAL_DIR, 'inception_real.npz')
   real = _load_inception_reference(path, fingerprint)
   cached = real is not None
@@ -351,16 +367,26 @@ def inception_metrics(
     )
     accumulator = gan_metrics.StatsAccumulator()
     kid_features, start = [], 0
-    for out in batching.batched_outputs(apply, variables, real_images, batch_size):
+    real_pass = batching.batched_outputs(
+      apply,
+      variables,
+      real_images,
+      batch_size,
+      what='Inception features of real images',
+    )
+    for out in real_pass:
       feats = out['pool3']
       accumulator.update(feats)
       in_batch = subset[(subset >= start) & (subset < start + len(feats))]
       kid_features.append(feats[in_batch - start])
       start += len(feats)
     real = accumulator.stats(), np.concatenate(kid_features).astype(np.float32)
-    _save_inception_reference(path, fingerprint, *real)
+    if _writes_caches():
+      _save_inception_reference(path, fingerprint, *real)
   real_stats, real_kid_features = real
-  out = batching.batched_apply(apply, variables, images, batch_size)
+  out = batching.batched_apply(
+    apply, variables, images, batch_size, what='Inception features of samples'
+  )
   probs = special.softmax(out['logits'].astype(np.float64), axis=1)
   fid = gan_metrics.frechet_distance(
     gan_metrics.feature_stats(out['pool3']), real_stats
@@ -372,7 +398,11 @@ def inception_metrics(
   metrics = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'is': is_mean}
   metrics['is_std'] = is_std
   details = {'fingerprint': fingerprint, 'cached': cached, 'weights': weights_name}
+  details |= identity
   return metrics, {**details, 'memory': memory_details}
+
+
+_WEIGHTS_KEYS = ('inception_weights_sha256', 'inception_weights_official')
 
 
 def _save_inception_reference(path, fingerprint, stats, kid_features) -> None:
@@ -422,16 +452,18 @@ def compute_metrics(
     real_images = loader.load_data(config, workdir)
   values, details = {}, {}
   if 'classifier' in metrics:
-    v, details['classifier'] = classifier_metrics(
-      workdir, config, images, real_images, classifier_training,
-      memory_limit=memory_limit,
-    )  # fmt: skip
+    with progress.timed("Metric 'classifier'"):
+      v, details['classifier'] = classifier_metrics(
+        workdir, config, images, real_images, classifier_training,
+        memory_limit=memory_limit,
+      )  # fmt: skip
     values.update(v)
   if 'inception' in metrics:
-    v, details['inception'] = inception_metrics(
-      workdir, config, images, real_images, weights=inception_weights, seed=seed,
-      memory_limit=memory_limit,
-    )  # fmt: skip
+    with progress.timed("Metric 'inception'"):
+      v, details['inception'] = inception_metrics(
+        workdir, config, images, real_images, weights=inception_weights,
+        seed=seed, memory_limit=memory_limit,
+      )  # fmt: skip
     values.update(v)
   return values, details
 
@@ -644,10 +676,11 @@ def evaluate_generator(
       )
   values, spread = aggregate(per_seed)
   if 'memorization' in metrics and jax.process_index() == 0:  # Writes PNGs.
-    v, details['memorization'] = memorization_metrics(
-      workdir, config, state, first_images, real_images, seed=seeds[0],
-      memory_limit=memory_limit,
-    )  # fmt: skip
+    with progress.timed("Metric 'memorization'"):
+      v, details['memorization'] = memorization_metrics(
+        workdir, config, state, first_images, real_images, seed=seeds[0],
+        memory_limit=memory_limit,
+      )  # fmt: skip
     values.update(v)
     pictures.update(details['memorization'].pop('figures'))
   report = {
@@ -662,6 +695,8 @@ def evaluate_generator(
     'details': details,
     'figures': pictures,
   }
+  if 'inception' in details:  # Which weights the FID/KID/IS are of.
+    report |= {k: details['inception'][k] for k in _WEIGHTS_KEYS}
   if skipped:
     report['skipped'] = skipped
   if spread:
@@ -763,6 +798,7 @@ def evaluate(
   report = {
     k: reports[0][k] for k in ('step', 'num_samples', 'seeds', 'dataset', 'image_shape')
   }
+  report |= {k: reports[0][k] for k in _WEIGHTS_KEYS if k in reports[0]}
   report |= {
     'sample_batchnorm': config.sample_batchnorm,
     'training_seeds': [run.config.seed for run in runs],

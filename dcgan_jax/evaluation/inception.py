@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from dcgan_jax.evaluation import pth_reader
 from dcgan_jax.util import files
@@ -41,6 +42,10 @@ FID_WEIGHTS_URL = (
 FID_WEIGHTS_FILENAME = FID_WEIGHTS_URL.rsplit('/', 1)[1]
 # torch.hub convention: the hex digits before '.pth' start the file's SHA-256.
 FID_WEIGHTS_SHA256_PREFIX = re.search(r'-([0-9a-f]+)\.pth$', FID_WEIGHTS_FILENAME)[1]
+# The whole SHA-256 and size of pytorch-fid's published file: a download must
+# match; any other file is used but recorded as not the official weights.
+FID_WEIGHTS_SHA256 = '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'
+FID_WEIGHTS_SIZE = 95_628_359
 # Where the weights file is looked for: this variable, else the cache below.
 WEIGHTS_ENV_VAR = 'DCGAN_FID_WEIGHTS'
 DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'dcgan_jax')
@@ -434,18 +439,53 @@ def default_weights_path() -> str:
 
 
 def download_weights(path: str, url: str = FID_WEIGHTS_URL, timeout: float = 60.0):
-  """Downloads `url` to `path` (temp file + atomic rename) if its SHA-256 starts
-  with FID_WEIGHTS_SHA256_PREFIX; raises otherwise, leaving nothing behind."""
+  """Downloads `url` to `path` (temp file + atomic rename) if its SHA-256 is
+  FID_WEIGHTS_SHA256; raises OSError otherwise, leaving nothing behind."""
   sha = hashlib.sha256()
   with files.atomic_write(path) as f, urllib.request.urlopen(url, timeout=timeout) as r:
     while chunk := r.read(1 << 20):
       sha.update(chunk)
       f.write(chunk)
-    if not sha.hexdigest().startswith(FID_WEIGHTS_SHA256_PREFIX):
+    if sha.hexdigest() != FID_WEIGHTS_SHA256:
       raise OSError(
-        f'downloaded {url} has SHA-256 {sha.hexdigest()}, which does not start '
-        f'with {FID_WEIGHTS_SHA256_PREFIX}'
+        f'downloaded {url} has SHA-256 {sha.hexdigest()}, expected '
+        f'{FID_WEIGHTS_SHA256}: refusing it'
       )
+
+
+# (absolute path, size, mtime) -> SHA-256: each file is hashed once a process.
+_SHA256_BY_FILE: dict[tuple[str, int, float], str] = {}
+_WARNED_UNOFFICIAL: set[tuple[str, str]] = set()  # (path, SHA-256): warn once.
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """The SHA-256 of a local file or URL, hashed once per (path, size, mtime)."""
+  stat = files.as_path(path).stat()
+  key = (files.absolute(path), int(stat.length), float(stat.mtime))
+  if key not in _SHA256_BY_FILE:
+    sha = hashlib.sha256()
+    with files.open(path) as f:
+      while chunk := f.read(1 << 20):
+        sha.update(chunk)
+    _SHA256_BY_FILE[key] = sha.hexdigest()
+  return _SHA256_BY_FILE[key]
+
+
+def weights_identity(path: str | os.PathLike | None = None) -> dict[str, object]:
+  """{'inception_weights_sha256', 'inception_weights_official'} of the file
+  `resolve_weights(path, download=False)` names; official: it is pytorch-fid's
+  published file. Another file is accepted, with a warning."""
+  resolved = resolve_weights(None if path is None else os.fspath(path), False)
+  sha = file_sha256(resolved)
+  official = sha == FID_WEIGHTS_SHA256
+  if not official and (resolved, sha) not in _WARNED_UNOFFICIAL:
+    _WARNED_UNOFFICIAL.add((resolved, sha))
+    logging.warning(
+      'FID Inception weights %s have SHA-256 %s, not that of pytorch-fid\'s '
+      '%s (%s): FID/KID/IS from them are not comparable with published ones.',
+      resolved, sha, FID_WEIGHTS_FILENAME, FID_WEIGHTS_SHA256,
+    )  # fmt: skip
+  return {'inception_weights_sha256': sha, 'inception_weights_official': official}
 
 
 def resolve_weights(path: str | None, download: bool = True) -> str:
@@ -474,8 +514,8 @@ def _missing_message(path: str, what: str) -> str:
   path = files.absolute(path, 'Inception weights')
   return (
     f'FID Inception weights not found: {path} {what}. '
-    f"Download pytorch-fid's {FID_WEIGHTS_URL} (SHA-256 starts with "
-    f'{FID_WEIGHTS_SHA256_PREFIX}) on a machine with internet access and put '
+    f"Download pytorch-fid's {FID_WEIGHTS_URL} ({FID_WEIGHTS_SIZE:,} bytes, "
+    f'SHA-256 {FID_WEIGHTS_SHA256}) on a machine with internet access and put '
     f'it at {path}; or put it anywhere (a local path or a gs:// URL) and set '
     f'${WEIGHTS_ENV_VAR} to its path (or pass path=).'
   )
@@ -492,6 +532,7 @@ def load_fid_inception(
   (saying where to put which file) or ValueError (names/shapes that differ).
   """
   resolved = resolve_weights(None if path is None else os.fspath(path), download)
+  weights_identity(resolved)  # Hashed once; warns if not the official file.
   state_dict = pth_reader.load_state_dict(resolved)
   module = FIDInceptionV3()
   return module, variables_from_state_dict(state_dict, module, source=resolved)

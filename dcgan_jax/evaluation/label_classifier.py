@@ -14,6 +14,7 @@ import optax
 
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.evaluation import batching, gan_metrics
+from dcgan_jax.util import progress
 
 _CLASSIFIER_VERSION = 'cnn-v1'  # Bump when the architecture or training changes.
 
@@ -104,14 +105,26 @@ def train_classifier(
 
   rng = np.random.default_rng(training.seed)
   order = np.empty(0, np.int64)
-  for _ in range(training.steps):
+  count = progress.Progress(
+    'Training the evaluation classifier', training.steps, unit='steps'
+  )
+  for i in range(training.steps):
     if len(order) < training.batch_size:
       order = np.concatenate([order, rng.permutation(train_idx)])
     batch, order = order[: training.batch_size], order[training.batch_size :]
     x = input_pipeline.scale_images(images[np.sort(batch)])
-    params, opt_state = step(params, opt_state, x, labels[np.sort(batch)])
+    if i == 0:
+      with progress.timed('Compiling the classifier training step'):
+        params, opt_state = jax.block_until_ready(
+          step(params, opt_state, x, labels[np.sort(batch)])
+        )
+    else:
+      params, opt_state = step(params, opt_state, x, labels[np.sort(batch)])
+    count.update()
+  count.close()
   correct, start = 0, 0  # Held-out accuracy, batch by batch.
-  for logits, _ in _outputs(module, params, images, 256, test_idx):
+  outputs = _outputs(module, params, images, 256, test_idx, 'Classifier test accuracy')
+  for logits, _ in outputs:
     predicted = logits.argmax(axis=1)
     correct += int((predicted == labels[test_idx[start : start + len(logits)]]).sum())
     start += len(logits)
@@ -123,7 +136,11 @@ def classifier_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
   """(logits [N, K], features [N, 128]) of uint8 images [N, H, W, C]."""
   return batching.batched_apply(
-    functools.partial(_apply_classifier, module), params, images, batch_size
+    functools.partial(_apply_classifier, module),
+    params,
+    images,
+    batch_size,
+    what='Classifier outputs of samples',
   )
 
 
@@ -133,13 +150,21 @@ def feature_stats(
   """Mean and covariance of the features of uint8 images [N, H, W, C] (any
   N, e.g. a memory-mapped training set): one pass, batch by batch."""
   return gan_metrics.streamed_feature_stats(
-    features for _, features in _outputs(module, params, images, batch_size)
+    features
+    for _, features in _outputs(
+      module, params, images, batch_size, what='Classifier features of real images'
+    )
   )
 
 
-def _outputs(module, params, images, batch_size, indices=None):
+def _outputs(module, params, images, batch_size, indices=None, what='Classifier pass'):
   return batching.batched_outputs(
-    functools.partial(_apply_classifier, module), params, images, batch_size, indices
+    functools.partial(_apply_classifier, module),
+    params,
+    images,
+    batch_size,
+    indices,
+    what,
   )
 
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dcgan_jax.util import figures, files
+from dcgan_jax.util import figures, files, progress
 
 # Candidates kept per query on device: k + max(k, _MIN_MARGIN).
 _MIN_MARGIN = 16
@@ -314,6 +314,9 @@ def _host_knn(
   query_sq = np.einsum('nd,nd->n', centred, centred)
   best_d2 = np.full((len(centred), k), np.inf)
   best_ids = np.full((len(centred), k), _NO_INDEX)
+  count = progress.Progress(
+    f'Exact search (host), {references.name}', len(references), unit='rows'
+  )
   for start in range(0, len(references), chunk_rows):
     chunk = references.take(np.arange(start, min(start + chunk_rows, len(references))))
     for offset in range(0, len(chunk), _CENTRE_BLOCK):
@@ -330,6 +333,8 @@ def _host_knn(
       best_d2, best_ids = _merge(
         best_d2, best_ids, exact, np.where(invalid, _NO_INDEX, ids[pos]), k
       )
+    count.update(len(chunk))
+  count.close()
   return best_d2, best_ids
 
 
@@ -460,6 +465,7 @@ def _device_knn(
     device_queries.append(jnp.asarray(padded))
   top = _RunningTopK(q, self_ids, k, num_candidates)
   bound_scale = _F32_ERROR_SAFETY * (q.shape[1] + 8) * _F32_UNIT_ROUNDOFF
+  count = progress.Progress(f'Nearest neighbours, {r.name}', len(r), unit='rows')
   for start in range(0, len(r), chunk):
     native = r.take(np.arange(start, min(start + chunk, len(r))))
     refs, ref_sq, max_ref_norm = _device_references(native, centre, chunk, block)
@@ -477,6 +483,8 @@ def _device_knn(
       d2_f32, cand = (np.asarray(a) for a in jax.device_get(result))
       bound = bound_scale * (query_norm[rows] + max_ref_norm) ** 2
       top.add(rows, native, start, d2_f32, cand, bound)
+    count.update(len(native))
+  count.close()
   certified = np.isfinite(top.d2[:, -1]) & (top.d2[:, -1] < top.threshold)
   return top.d2, top.ids, np.flatnonzero(~certified)
 
@@ -793,7 +801,8 @@ def memorization_report(
   }
   search = dict(batch_size=batch_size, chunk_rows=chunk_rows)
   for space, (sample_x, train_x) in spaces.items():
-    distances, indices, train_d = _search(sample_x, train_x, subset, int(k), search)
+    with progress.timed(f'Memorisation search in {space}'):
+      distances, indices, train_d = _search(sample_x, train_x, subset, int(k), search)
     report[space] = _report_space(
       space, samples, train, distances, indices, train_d, random_order,
       k=k, num_rows=int(num_rows), out_dir=out_dir, prefix=prefix,

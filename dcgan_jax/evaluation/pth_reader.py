@@ -14,12 +14,24 @@ tensors with `torch._utils._rebuild_tensor_v2`. The unpickler here resolves
 only those names, the storage types and `collections.OrderedDict`; any other
 global (the way a hostile pickle runs code) is refused before it is looked up.
 The older tar layout (PyTorch < 0.4) is not supported.
+
+A hostile file cannot do more than be refused, with a one-line ValueError
+naming the file and what is wrong:
+- every object the pickle can reach (the allowed globals, storage types,
+  storages, tensors) is made for this load alone and cannot be modified, so
+  no load changes what another one reads;
+- the file, the sum of the zip entries' declared sizes and the bytes read
+  from them, and the tensors' total size are each at most `max_bytes`
+  (MAX_BYTES by default), checked before anything of that size is
+  allocated; a tensor may not hold more elements than its storage (a
+  stride-0 tensor cannot expand a few bytes into terabytes).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -33,6 +45,9 @@ from dcgan_jax.util import files
 
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
+# The default cap on the file, on what is decompressed from it and on the
+# tensors made from it: 40 times the FID Inception weights' 95 MB.
+MAX_BYTES = 4 << 30
 
 # `torch.<Name>Storage` -> element dtype (little-endian).
 _STORAGE_DTYPES = {
@@ -54,21 +69,67 @@ class PthFormatError(ValueError):
   """The file is not a PyTorch state dict this reader understands."""
 
 
-class _StorageType:
+class _Sealed:
+  """An object the pickle may reach but not modify (BUILD, SETITEM...)."""
+
+  __slots__ = ()
+
+  def _init(self, **values: Any) -> None:
+    for name, value in values.items():
+      object.__setattr__(self, name, value)
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    raise PthFormatError(f'the pickle tries to set {name!r} of a {type(self).__name__}')
+
+  def __delattr__(self, name: str) -> None:
+    raise PthFormatError(
+      f'the pickle tries to delete {name!r} of a {type(self).__name__}'
+    )
+
+  def __setstate__(self, state: Any) -> None:
+    raise PthFormatError(
+      f'the pickle tries to set the state of a {type(self).__name__}'
+    )
+
+
+class _Global(_Sealed):
+  """An allowed global as the unpickler sees it: a callable, new each load."""
+
+  __slots__ = ('_fn', '_name')
+
+  def __init__(self, fn, name: str):
+    self._init(_fn=fn, _name=name)
+
+  def __call__(self, *args: Any) -> Any:
+    return self._fn(*args)
+
+
+class _StorageType(_Sealed):
   """Stands in for a `torch.*Storage` class: only its element dtype matters."""
 
+  __slots__ = ('name', 'dtype')
+
   def __init__(self, name: str):
-    self.name = name
-    self.dtype = _STORAGE_DTYPES[name]
+    self._init(name=name, dtype=_STORAGE_DTYPES[name])
 
 
-class _Storage:
+def _count(value: Any, what: str) -> int:
+  """`value` as a non-negative int (not bool, float or anything else)."""
+  if type(value) is not int or value < 0:
+    raise PthFormatError(f'{what} is {value!r}, not a non-negative integer')
+  return value
+
+
+class _Storage(_Sealed):
   """A flat typed buffer; legacy files fill `data` after the object pickle."""
 
+  __slots__ = ('dtype', 'numel', 'data', 'root', 'offset')
+
   def __init__(self, dtype: np.dtype, numel: int, data: np.ndarray | None = None):
-    self.dtype = dtype
-    self.numel = numel
-    self.data = data
+    self._init(dtype=dtype, numel=_count(numel, 'a storage size'), data=data)
+
+  def fill(self, data: np.ndarray) -> None:
+    object.__setattr__(self, 'data', data)
 
   def array(self) -> np.ndarray:
     if self.data is None:
@@ -79,9 +140,11 @@ class _Storage:
 class _StorageView(_Storage):
   """Part of another storage (legacy files only)."""
 
+  __slots__ = ()
+
   def __init__(self, root: _Storage, offset: int, numel: int):
     super().__init__(root.dtype, numel)
-    self.root, self.offset = root, offset
+    self._init(root=root, offset=_count(offset, 'a storage view offset'))
 
   def array(self) -> np.ndarray:
     data = self.root.array()[self.offset : self.offset + self.numel]
@@ -90,23 +153,41 @@ class _StorageView(_Storage):
     return data
 
 
-class _TensorRef:
+class _TensorRef(_Sealed):
   """A tensor to be cut out of its storage once all storages are read."""
+
+  __slots__ = ('storage', 'offset', 'size', 'stride')
 
   def __init__(self, storage, offset, size, stride):
     if not isinstance(storage, _Storage):
       raise PthFormatError(f'tensor storage of type {type(storage).__name__}')
-    self.storage = storage
-    self.offset, self.size, self.stride = int(offset), tuple(size), tuple(stride)
+    if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list):
+      raise PthFormatError(f'tensor size {size!r} / stride {stride!r}: not tuples')
+    size = tuple(_count(n, 'a tensor dimension') for n in size)
+    stride = tuple(_count(n, 'a tensor stride') for n in stride)
+    if len(size) != len(stride):
+      raise PthFormatError(f'bad tensor size {size} / stride {stride}')
+    numel = math.prod(size)
+    if numel > storage.numel:  # Before anything is allocated.
+      raise PthFormatError(
+        f'tensor of size {size} has {numel:,} elements, more than its storage '
+        f'of {storage.numel:,} (stride {stride})'
+      )
+    self._init(
+      storage=storage,
+      offset=_count(offset, 'a tensor offset'),
+      size=size,
+      stride=stride,
+    )
+
+  @property
+  def nbytes(self) -> int:
+    return math.prod(self.size) * self.storage.dtype.itemsize
 
   def materialize(self) -> np.ndarray:
     flat = self.storage.array()
-    if len(self.size) != len(self.stride) or any(s < 0 for s in self.size):
-      raise PthFormatError(f'bad tensor size {self.size} / stride {self.stride}')
     if any(s == 0 for s in self.size):
       return np.zeros(self.size, flat.dtype)
-    if self.offset < 0 or min(self.stride, default=0) < 0:
-      raise PthFormatError('negative tensor offset or stride')
     last = self.offset + sum(
       (n - 1) * st for n, st in zip(self.size, self.stride, strict=True)
     )
@@ -132,13 +213,17 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
   return data
 
 
-_ALLOWED_GLOBALS = {
-  ('collections', 'OrderedDict'): collections.OrderedDict,
-  ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-  ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-  ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-  **{('torch', name): _StorageType(name) for name in _STORAGE_DTYPES},
-}
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+  """The globals a state dict may name, as new sealed objects: nothing the
+  pickle reaches is shared with another load or with this module."""
+  functions = {
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+  }
+  allowed = {key: _Global(fn, '.'.join(key)) for key, fn in functions.items()}
+  return allowed | {('torch', name): _StorageType(name) for name in _STORAGE_DTYPES}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -147,10 +232,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
   def __init__(self, file, persistent_load):
     super().__init__(file, encoding='utf-8')
     self._persistent_load = persistent_load
+    self._allowed = _allowed_globals()
 
   def find_class(self, module: str, name: str) -> Any:
     try:
-      return _ALLOWED_GLOBALS[(module, name)]
+      return self._allowed[(module, name)]
     except KeyError:
       raise pickle.UnpicklingError(
         f'refusing to load global {module}.{name}: only tensors, storages and '
@@ -165,6 +251,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
       raise pickle.UnpicklingError(f'unsupported persistent id type {typename!r}')
     try:
       return self._persistent_load(pid[1:])
+    except PthFormatError:
+      raise
     except (TypeError, ValueError) as e:  # wrong arity or types
       raise PthFormatError(f'malformed storage reference {pid!r}: {e}') from None
 
@@ -175,18 +263,61 @@ def _storage_type(value: Any) -> _StorageType:
   return value
 
 
-def _materialize(obj: Any) -> Any:
-  """Replaces every _TensorRef in (nested) dicts, lists and tuples by an array."""
+def _tensor_refs(obj: Any) -> list[_TensorRef]:
+  """Every _TensorRef in (nested) dicts, lists and tuples."""
+  if isinstance(obj, _TensorRef):
+    return [obj]
+  if isinstance(obj, dict):
+    obj = list(obj.values())
+  if isinstance(obj, list | tuple):
+    return [ref for v in obj for ref in _tensor_refs(v)]
+  return []
+
+
+def _materialize(obj: Any, max_bytes: int) -> Any:
+  """`obj` with every _TensorRef replaced by an array, if they total at most
+  `max_bytes` (checked before any is made)."""
+  total = sum(ref.nbytes for ref in _tensor_refs(obj))
+  if total > max_bytes:
+    raise PthFormatError(
+      f'its tensors need {total:,} bytes, over the limit {max_bytes:,}'
+    )
+  return _replace_refs(obj)
+
+
+def _replace_refs(obj: Any) -> Any:
   if isinstance(obj, _TensorRef):
     return obj.materialize()
   if isinstance(obj, dict):
-    return {k: _materialize(v) for k, v in obj.items()}
+    return {k: _replace_refs(v) for k, v in obj.items()}
   if isinstance(obj, list | tuple):
-    return type(obj)(_materialize(v) for v in obj)
+    return type(obj)(_replace_refs(v) for v in obj)
   return obj
 
 
-def _load_zip(archive: zipfile.ZipFile) -> Any:
+def _read_entry(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
+  """An entry's bytes, refused if more than `max_bytes` come out of it."""
+  with archive.open(name) as f:
+    data = f.read(max_bytes + 1)
+  if len(data) > max_bytes:
+    raise PthFormatError(f'zip entry {name} decompresses to over {max_bytes:,} bytes')
+  return data
+
+
+def _load_zip(archive: zipfile.ZipFile, max_bytes: int) -> Any:
+  declared = sum(info.file_size for info in archive.infolist())
+  if declared > max_bytes:
+    raise PthFormatError(
+      f'its zip entries declare {declared:,} bytes uncompressed, over the limit '
+      f'{max_bytes:,}'
+    )
+  budget = [max_bytes]  # What may still be decompressed (sizes can lie).
+
+  def read(name: str) -> bytes:
+    data = _read_entry(archive, name, budget[0])
+    budget[0] -= len(data)
+    return data
+
   pickles = [n for n in archive.namelist() if n.endswith('data.pkl')]
   if len(pickles) != 1 or pickles[0].count('/') != 1:
     raise PthFormatError(
@@ -196,7 +327,7 @@ def _load_zip(archive: zipfile.ZipFile) -> Any:
   names = set(archive.namelist())
   big_endian = False
   if prefix + 'byteorder' in names:
-    order = archive.read(prefix + 'byteorder').strip()
+    order = read(prefix + 'byteorder').strip()
     if order not in (b'little', b'big'):
       raise PthFormatError(f'unknown byte order {order!r}')
     big_endian = order == b'big'
@@ -205,24 +336,27 @@ def _load_zip(archive: zipfile.ZipFile) -> Any:
   def persistent_load(data):
     storage_type, key, _location, numel = data
     dtype = _storage_type(storage_type).dtype
+    numel = _count(numel, 'a storage size')
+    if not isinstance(key, str):
+      raise PthFormatError(f'storage key {key!r} is not a string')
     if key not in storages:
       name = f'{prefix}data/{key}'
       if name not in names:
         raise PthFormatError(f'storage record {name} missing from the archive')
-      raw = archive.read(name)
+      raw = read(name)
       if len(raw) < numel * dtype.itemsize:
         raise PthFormatError(f'storage record {name} is shorter than declared')
       array = np.frombuffer(raw, dtype, count=numel).copy()
       storages[key] = _Storage(dtype, numel, array.byteswap() if big_endian else array)
     return storages[key]
 
-  with archive.open(pickles[0]) as f:
-    return _materialize(
-      _RestrictedUnpickler(io.BytesIO(f.read()), persistent_load).load()
-    )
+  pickled = read(pickles[0])
+  return _materialize(
+    _RestrictedUnpickler(io.BytesIO(pickled), persistent_load).load(), max_bytes
+  )
 
 
-def _load_legacy(f: io.BytesIO) -> Any:
+def _load_legacy(f: io.BytesIO, max_bytes: int) -> Any:
   def header(what):
     return _RestrictedUnpickler(f, _no_persistent_ids(what)).load()
 
@@ -246,16 +380,16 @@ def _load_legacy(f: io.BytesIO) -> Any:
   def persistent_load(data):
     storage_type, root_key, _location, numel, view = data
     dtype = _storage_type(storage_type).dtype
-    root = storages.setdefault(root_key, _Storage(dtype, int(numel)))
+    root = storages.setdefault(root_key, _Storage(dtype, numel))
     if view is None:
       return root
     view_key, offset, view_numel = view
-    return storages.setdefault(
-      view_key, _StorageView(root, int(offset), int(view_numel))
-    )
+    return storages.setdefault(view_key, _StorageView(root, offset, view_numel))
 
   obj = _RestrictedUnpickler(f, persistent_load).load()
   keys = header('storage keys')
+  if not isinstance(keys, list):
+    raise PthFormatError(f'the storage list is a {type(keys).__name__}')
   for key in keys:
     storage = storages.get(key)
     if storage is None or isinstance(storage, _StorageView):
@@ -266,8 +400,8 @@ def _load_legacy(f: io.BytesIO) -> Any:
     raw = f.read(numel * storage.dtype.itemsize)
     if len(raw) != numel * storage.dtype.itemsize:
       raise PthFormatError(f'storage {key} is cut short: truncated file?')
-    storage.data = np.frombuffer(raw, storage.dtype).copy()
-  return _materialize(obj)
+    storage.fill(np.frombuffer(raw, storage.dtype).copy())
+  return _materialize(obj, max_bytes)
 
 
 def _no_persistent_ids(what: str):
@@ -277,19 +411,33 @@ def _no_persistent_ids(what: str):
   return refuse
 
 
-def load(path: str | os.PathLike) -> Any:
+def load(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> Any:
   """The object `torch.save` wrote to `path` (a local path or a URL),
-  tensors as numpy arrays."""
-  blob = files.read_bytes(path)
-  if blob.startswith(b'PK\x03\x04'):  # a zip archive's first local header
-    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
-      return _load_zip(archive)
-  return _load_legacy(io.BytesIO(blob))
+  tensors as numpy arrays. Raises PthFormatError (a ValueError), one line
+  naming the file, for anything this reader refuses: see the module doc."""
+  try:
+    size = files.size(path)
+    if size > max_bytes:
+      raise PthFormatError(f'the file has {size:,} bytes, over the limit {max_bytes:,}')
+    blob = files.read_bytes(path)
+    if blob.startswith(b'PK\x03\x04'):  # a zip archive's first local header
+      with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        return _load_zip(archive, max_bytes)
+    return _load_legacy(io.BytesIO(blob), max_bytes)
+  except (
+    PthFormatError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
+    RecursionError, struct.error, TypeError, ValueError, KeyError, IndexError,
+    AttributeError,
+  ) as e:  # fmt: skip
+    message = ' '.join(str(e).split()) or type(e).__name__
+    raise PthFormatError(f'{os.fspath(path)}: {message}') from None
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(
+  path: str | os.PathLike, *, max_bytes: int = MAX_BYTES
+) -> dict[str, np.ndarray]:
   """A state dict file as {name: array}, in the file's order."""
-  obj = load(path)
+  obj = load(path, max_bytes=max_bytes)
   if not isinstance(obj, dict):
     raise PthFormatError(f'{path} holds a {type(obj).__name__}, not a state dict')
   not_arrays = [k for k, v in obj.items() if not isinstance(v, np.ndarray)]
