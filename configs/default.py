@@ -120,6 +120,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.3
   # Hidden width of the 'mlp' architecture.
   config.model.mlp_hidden = 128
+  # 'normal': kernels from N(0, init_std), BatchNorm scales from N(1,
+  # init_std) (the paper's code); 'glorot_uniform': Keras' defaults, as the
+  # TensorFlow tutorial (Glorot-uniform kernels, BatchNorm scales 1).
+  config.model.init = 'normal'
+  # Spectral normalisation of every D layer (Miyato et al., 2018; one power
+  # iteration per training pass of D). G is never normalised.
+  config.model.d_spectral_norm = False
 
   # --- Training ----------------------------------------------------------
   # Examples per step, summed over all devices of all hosts; must divide by
@@ -134,8 +141,38 @@ def get_config() -> ml_collections.ConfigDict:
   config.d_learning_rate = 2e-4
   config.b1 = 0.5
   config.b2 = 0.999
+  # Adam's epsilon (paper code and PyTorch: 1e-8; Keras, so the TensorFlow
+  # tutorial: 1e-7).
+  config.adam_eps = 1e-8
+  # L2 regularisation: weight_decay * parameter added to every parameter's
+  # gradient (BatchNorm scales and biases too) before the optimizer, as the
+  # authors' Theano code (1e-5 there). 0: off (the paper's text).
+  config.weight_decay = 0.0
+  # Learning rates: 'constant' (paper) or 'linear' (decayed to 0 at
+  # num_train_steps, which then shapes the trajectory: a resume may not
+  # change it).
+  config.lr_schedule = 'constant'
+  # Objective: 'bce' (the paper: D's binary cross-entropy, G's
+  # non-saturating loss), 'hinge', 'least_squares' (LSGAN) or 'wgan_gp'
+  # (WGAN with gradient penalty; needs model.d_batchnorm=False). Formulas in
+  # dcgan_jax/core/losses.py.
+  config.loss = 'bce'
+  # Weight of WGAN-GP's gradient penalty (Gulrajani et al., 2017: 10).
+  config.gp_weight = 10.0
+  # 'sequential': D's update, then G's against the updated D (the paper's
+  # code); 'simultaneous': both from the same pass of D over the same fake
+  # batch (the TensorFlow tutorial).
+  config.update_order = 'sequential'
+  # Exponential moving average of G's parameters and BatchNorm statistics,
+  # kept in the state and checkpointed: ema <- decay * ema + (1 - decay) * G
+  # after every step (0: off; 0.999 and 0.9999 are usual). sample, evaluate,
+  # visualize and export then use it (their --generator=raw picks G itself),
+  # and the sample grids show both. Until ema_start_step steps are done it
+  # copies G instead of averaging.
+  config.ema_decay = 0.0
+  config.ema_start_step = 0
   # Target for real examples in D's loss; 0.9 = one-sided label smoothing
-  # (Salimans et al., 2016). Paper: 1.0.
+  # (Salimans et al., 2016). Paper: 1.0. Only for loss='bce'.
   config.real_label = 1.0
   # An update (of D or of G) whose loss, gradients or result is not finite
   # on some device: 'stop' the run with an error naming the steps and the

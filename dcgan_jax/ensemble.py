@@ -147,7 +147,10 @@ class Ensemble:
       self._finish_saves()
     for k, manager in enumerate(self.managers):
       try:
-        manager.save(step, args=ocp.args.StandardSave(member(host_state, k)))
+        manager.save(
+          step,
+          args=ocp.args.StandardSave(rundir.checkpoint_tree(member(host_state, k))),
+        )
       except Exception as e:  # Orbax and the file systems raise many types.
         raise CheckpointError(self._save_failed(step, k, e)) from e
     self.saving = step

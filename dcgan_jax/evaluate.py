@@ -36,7 +36,6 @@ TensorBoard in W/eval, at the checkpoint's step; only process 0 writes.
 """
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +62,7 @@ COMMAND.integer(
   'mean and standard deviation.',
   lower_bound=1,
 )
+COMMAND.enum('generator', 'auto', rundir.GENERATORS, rundir.GENERATOR_HELP)
 COMMAND.float(
   'memory_limit_gb',
   None,
@@ -89,14 +89,13 @@ def _evaluate(args) -> None:
       seeds=range(args.seed, args.seed + args.num_z_seeds),
       inception_weights=args.inception_weights,
       memory_limit=None if limit is None else int(limit * 2**30),
+      generator=args.generator,
     )
   finally:
     memory.logger.removeHandler(handler)
     memory.logger.setLevel(level)
   print(evaluator.summary(report))
-  print(
-    f'Report: {os.path.join(args.workdir, rundir.EVAL_DIR)}/report_step_{report["step"]}.json'
-  )
+  print(f'Report: {evaluator.report_path(args.workdir, report)}')
 
 
 def main(argv: Sequence[str]) -> None:

@@ -116,8 +116,10 @@ def write_artefact(
   config: ml_collections.ConfigDict,
   exported: jax_export.Exported,
   step: int,
+  generator: str = 'raw',
 ) -> None:
-  """Writes OUTPUT/{generator.jaxexport, config.json, signature.json}.
+  """Writes OUTPUT/{generator.jaxexport, config.json, signature.json}; the
+  signature records which `generator` ('ema' or 'raw') was exported.
 
   Each file is written atomically, the signature (with the generator's
   SHA-256) last, so a crash leaves at worst an old signature that does not
@@ -145,7 +147,10 @@ def write_artefact(
   files.write_json(
     files.join(output, SIGNATURE_FILE),
     signature(config, exported, step)
-    | {'generator_sha256': hashlib.sha256(serialized).hexdigest()},
+    | {
+      'generator': generator,
+      'generator_sha256': hashlib.sha256(serialized).hexdigest(),
+    },
   )
 
 
@@ -155,18 +160,20 @@ def export_workdir(
   *,
   platforms: Sequence[str] = DEFAULT_PLATFORMS,
   conv_impl: str = 'xla',
+  generator: str = 'auto',
 ) -> str:
-  """Exports the latest checkpoint of `workdir` to `output` (default
-  W/export); returns the output directory."""
+  """Exports the latest checkpoint of `workdir` (its `generator`, see
+  `rundir.resolve_generator`) to `output` (default W/export); returns the
+  output directory."""
   with progress.timed(f'Restoring the checkpoint of {workdir}'):
-    run = rundir.load_run(workdir)  # Errors say what to pass.
+    run = rundir.load_run(workdir, generator)  # Errors say what to pass.
   with progress.timed(f'Exporting G for {", ".join(platforms)} (lowering)'):
     exported = export_generator(
       run.config, run.g_variables, platforms=platforms, conv_impl=conv_impl
     )
   output = output or files.join(workdir, 'export')
   with progress.timed(f'Writing the artefact to {output}'):
-    write_artefact(output, run.config, exported, run.step)
+    write_artefact(output, run.config, exported, run.step, run.generator)
   return output
 
 
@@ -182,13 +189,18 @@ COMMAND.enum(
   ('xla', 'phases'),
   "'xla' (accelerators) or 'phases' (faster on CPU); the same function.",
 )
+COMMAND.enum('generator', 'auto', rundir.GENERATORS, rundir.GENERATOR_HELP)
 COMMAND.required('workdir')
 
 
 def _export(args) -> None:
   platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
   output = export_workdir(
-    args.workdir, args.output, platforms=platforms, conv_impl=args.conv_impl
+    args.workdir,
+    args.output,
+    platforms=platforms,
+    conv_impl=args.conv_impl,
+    generator=args.generator,
   )
   print(f'Exported the generator to {output}/ ({EXPORT_FILE}, {SIGNATURE_FILE}).')
 

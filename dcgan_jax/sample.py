@@ -32,6 +32,7 @@ COMMAND.enum(
   "only), this 'batch' of z's, or a fixed 'reference' batch's (default: the "
   "config's sample_batchnorm).",
 )
+COMMAND.enum('generator', 'auto', rundir.GENERATORS, rundir.GENERATOR_HELP)
 COMMAND.required('workdir', 'output')
 
 
@@ -42,15 +43,17 @@ def sample_from_workdir(
   seed: int | None = None,
   batch_size: int = 500,
   batchnorm: str | None = None,
+  generator: str = 'auto',
 ) -> np.ndarray:
   """uint8 [num_samples, H, W, C] from the latest checkpoint in `workdir`.
 
   z comes from `seed` (default: the training run's own sample key), in chunks
   of `batch_size` (see `generate.images`). `batchnorm`: see
   `generate.generator_fn` (default: the run's config.sample_batchnorm).
+  `generator`: G's moving average or G itself (`rundir.resolve_generator`).
   """
   with progress.timed(f'Restoring the checkpoint of {workdir}'):
-    run = rundir.load_run(workdir)
+    run = rundir.load_run(workdir, generator)
   fn = generate.generator_fn(run.config, run.g_variables, batchnorm=batchnorm)
   z = generate.run_z(run.config, num_samples, seed)
   return generate.images(fn, z, batch_size=batch_size)
@@ -61,7 +64,11 @@ def _sample(args: flags.FlagValues) -> None:
   if ext not in ('.npz', '.png'):
     raise ValueError(f'--output must end in .npz or .png, got {args.output!r}.')
   images = sample_from_workdir(
-    args.workdir, args.num_samples, seed=args.seed, batchnorm=args.batchnorm
+    args.workdir,
+    args.num_samples,
+    seed=args.seed,
+    batchnorm=args.batchnorm,
+    generator=args.generator,
   )
   with progress.timed(f'Writing {args.output}'):
     if ext == '.png':

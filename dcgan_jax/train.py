@@ -188,6 +188,7 @@ class _Outputs:
         d_wins_window=config.monitor_d_wins_window,
         collapse_ratio=config.monitor_collapse_ratio,
         collapse_warmup_steps=config.get('monitor_collapse_warmup_steps', 1000),
+        probabilities=config.get('loss', 'bce') == 'bce',
       )
       for _ in gans.configs
     ]
@@ -200,20 +201,26 @@ class _Outputs:
       writer.write_hparams(_hparams(member.config))
 
   def samples(self, step: int, state: GANState) -> None:
-    variables = unreplicate(
-      {'params': state.g_params, 'batch_stats': state.g_batch_stats}
-    )
+    """Fixed-z grids of G (samples/step_*.png, TensorBoard 'samples') and,
+    in a run with EMA, of its moving average (samples/ema_step_*.png,
+    'samples_ema'); the health monitors watch G itself."""
+    generators = {'': unreplicate(state.g_variables)}
+    if state.g_ema is not None:
+      generators['ema_'] = unreplicate(state.g_ema)
     for k, workdir in enumerate(self._gans.workdirs):
-      samples = self._samplers[k](ensemble_lib.member(variables, k))
-      grid = figures.make_grid(samples)
-      self.writers[k].write_images(step, {'samples': grid[None]})
-      if len(samples) > 1:
-        self.writers[k].write_scalars(
-          step, self._healths[k].on_samples(step, input_pipeline.scale_images(samples))
-        )
-      if self._is_chief:
-        path = os.path.join(workdir, rundir.SAMPLES_DIR, f'step_{step:07d}.png')
-        figures.save_png(grid, path)
+      for prefix, variables in generators.items():
+        samples = self._samplers[k](ensemble_lib.member(variables, k))
+        grid = figures.make_grid(samples)
+        tag = 'samples_ema' if prefix else 'samples'
+        self.writers[k].write_images(step, {tag: grid[None]})
+        if len(samples) > 1 and not prefix:
+          diversity = self._healths[k].on_samples(
+            step, input_pipeline.scale_images(samples)
+          )
+          self.writers[k].write_scalars(step, diversity)
+        if self._is_chief:
+          name = f'{prefix}step_{step:07d}.png'
+          figures.save_png(grid, os.path.join(workdir, rundir.SAMPLES_DIR, name))
 
   def metrics(self, step: int, train_metrics: Any, first: int, *, skip: bool) -> None:
     """Logs the means since step `first`; stops a run gone non-finite."""

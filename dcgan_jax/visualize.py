@@ -117,13 +117,15 @@ class Run(rundir.Run):
     return np.asarray(generate.sample_z(self.config, key, num))
 
 
-def load_run(workdir: str, batchnorm: str = 'running') -> Run:
-  run = rundir.load_run(workdir)
+def load_run(workdir: str, batchnorm: str = 'running', generator: str = 'auto') -> Run:
+  run = rundir.load_run(workdir, generator)
   if batchnorm not in generate.BATCHNORM_MODES:
     raise ValueError(
       f'batchnorm must be one of {generate.BATCHNORM_MODES}, got {batchnorm!r}.'
     )
-  return Run(run.workdir, run.config, run.state, batchnorm)
+  return Run(
+    run.workdir, run.config, run.state, generator=run.generator, batchnorm=batchnorm
+  )
 
 
 def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -585,6 +587,7 @@ COMMAND.path('output', None, 'Directory for the pictures (default: W/visualize).
 COMMAND.enum(
   'batchnorm', 'running', generate.BATCHNORM_MODES, "G's BatchNorm statistics."
 )
+COMMAND.enum('generator', 'auto', rundir.GENERATORS, rundir.GENERATOR_HELP)
 COMMAND.integer('seed', 0, 'Seed of the z drawn (sheet, interpolate, ...).')
 COMMAND.integer('num', 100, 'sheet: number of samples.', lower_bound=1)
 COMMAND.integer('pairs', 6, 'interpolate: number of walks.', lower_bound=1)
@@ -610,7 +613,7 @@ COMMAND.required('workdir')
 def _visualize(args, command: str) -> None:
   output = args.output or files.join(args.workdir, OUTPUT_DIR)
   check_output(output)
-  run = load_run(args.workdir, args.batchnorm)
+  run = load_run(args.workdir, args.batchnorm, args.generator)
   if command == 'sheet':
     written = sheet(run, output, num=args.num, seed=args.seed)
   elif command == 'interpolate':

@@ -118,6 +118,15 @@ OUT_OF_RANGE = [
   ('nonfinite', 'ignore', "'stop' or 'skip'"),
   ('sample_batchnorm', 'ema', "'running' or 'batch'"),
   ('split', '', 'a non-empty string'),
+  ('adam_eps', 0.0, '> 0 (and finite)'),
+  ('weight_decay', -1e-5, '>= 0'),
+  ('gp_weight', -1.0, '>= 0'),
+  ('ema_decay', 1.0, 'in [0, 1)'),
+  ('ema_start_step', -1, '>= 0'),
+  ('loss', 'wgan', "'bce', 'hinge', 'least_squares' or 'wgan_gp'"),
+  ('update_order', 'alternating', "'sequential' or 'simultaneous'"),
+  ('lr_schedule', 'cosine', "'constant' or 'linear'"),
+  ('model.init', 'he', "'normal' or 'glorot_uniform'"),
 ]
 
 
@@ -144,6 +153,23 @@ def test_image_size_against_arch(overrides, rule):
     config_checks.validate_config(_config(**overrides), 1)
   assert rule in str(e.value)
   assert str(e.value).endswith('change it with --config.image_size=...')
+
+
+@pytest.mark.parametrize(
+  ('overrides', 'remedy'),
+  [
+    ({'loss': 'wgan_gp'}, '--config.model.d_batchnorm=False'),
+    ({'loss': 'hinge', 'real_label': 0.9}, '--config.real_label=1.0'),
+  ],
+)
+def test_loss_against_the_keys_it_rules_out(overrides, remedy):
+  with pytest.raises(errors.ConfigError, match='^Invalid config: ') as e:
+    config_checks.validate_config(_config(**overrides), 1)
+  assert remedy in str(e.value) and '\n' not in str(e.value)
+  fixed = {**overrides, 'real_label': 1.0}
+  if 'wgan' in str(e.value):
+    fixed['model.d_batchnorm'] = False
+  config_checks.validate_config(_config(**fixed), 1)
 
 
 def _launch(workdir, data_dir, *extra, **overrides):

@@ -111,7 +111,8 @@ def test_d_update_leaves_g_unchanged(data_dir):
   def d_only(state, images):
     fake = jnp.tanh(images * 0.5)  # Any fake batch will do.
     keys = jax.random.split(jax.random.key(1), 3)
-    return step_lib.d_update(state, images, fake, keys, hyper=hyper)[0]
+    noise = step_lib.Noise(z=None, dropout_keys=keys, mix=None)
+    return step_lib.d_update(state, images, fake, noise, hyper=hyper)[0]
 
   new = jax.pmap(d_only, axis_name='batch')(state, batch)
   for name in ('g_params', 'g_batch_stats', 'g_opt_state', 'step'):

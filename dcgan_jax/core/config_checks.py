@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from dcgan_jax.core import losses
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.networks import models
 from dcgan_jax.util import files
@@ -35,6 +36,7 @@ _COUNTS = (
   ('monitor_d_wins_window', 1, 'positive'),
   ('monitor_collapse_warmup_steps', 0, '>= 0'),
   ('eval_every_steps', 0, '>= 0 (0: never)'),
+  ('ema_start_step', 0, '>= 0'),
 )
 # Real-valued keys: (key, low, low included, high, high included); None: no bound.
 _REALS = (
@@ -50,6 +52,10 @@ _REALS = (
   ('b2', 0.0, True, 1.0, False),
   ('real_label', 0.0, False, 1.0, True),
   ('monitor_collapse_ratio', 0.0, True, 1.0, True),
+  ('adam_eps', 0.0, False, None, False),
+  ('weight_decay', 0.0, True, None, False),
+  ('gp_weight', 0.0, True, None, False),
+  ('ema_decay', 0.0, True, 1.0, False),
 )
 # Keys with a fixed set of values.
 _CHOICES = (
@@ -68,11 +74,16 @@ _CHOICES = (
   ('optimizer', ('adam', 'sgd')),
   ('nonfinite', ('stop', 'skip')),
   ('sample_batchnorm', ('running', 'batch')),
+  ('model.init', models.INITS),
+  ('loss', losses.LOSSES),
+  ('update_order', ('sequential', 'simultaneous')),
+  ('lr_schedule', ('constant', 'linear')),
 )
 _BOOLS = (
   'download',
   'model.g_batchnorm',
   'model.d_batchnorm',
+  'model.d_spectral_norm',
   'sync_batchnorm',
   'deterministic_gpu',
 )
@@ -177,6 +188,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   )
   check_paths(config)
   check_image_size(config)
+  check_objective(config)
   try:  # Combinations: g_width against image_size, and what else models checks.
     models.create_models(
       config.model, image_size=config.image_size, num_channels=config.num_channels
@@ -195,6 +207,24 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       "eval_metrics must be a comma-separated list of 'classifier', "
       f"'inception' and 'memorization', got {config.eval_metrics!r}; change "
       'it with --config.eval_metrics=...',
+    )
+
+
+def check_objective(config: ml_collections.ConfigDict) -> None:
+  """The loss against the keys it rules out."""
+  loss = config.get('loss', 'bce')
+  has_bn = config.model.d_batchnorm and config.model.arch in ('dcgan', 'conv28')
+  if loss == 'wgan_gp' and has_bn:
+    raise ConfigError(
+      "Invalid config: loss='wgan_gp' penalises D's gradient per example, which "
+      'BatchNorm in D makes depend on the whole batch; set '
+      '--config.model.d_batchnorm=False (Gulrajani et al. use no normalisation '
+      'in D) or pick another --config.loss.'
+    )
+  if loss != 'bce' and config.real_label != 1.0:
+    raise ConfigError(
+      f'Invalid config: real_label={config.real_label} (label smoothing) only '
+      f"applies to loss='bce', not {loss!r}; set --config.real_label=1.0."
     )
 
 

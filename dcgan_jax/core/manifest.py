@@ -49,6 +49,20 @@ RESUMABLE_KEYS = frozenset(
     'monitor_collapse_warmup_steps',
   }
 )
+# Keys added after runs were first written, with the value that gives those
+# runs' trajectory: a config without the key means this value.
+INTRODUCED_KEYS = {
+  'adam_eps': 1e-8,
+  'weight_decay': 0.0,
+  'lr_schedule': 'constant',
+  'loss': 'bce',
+  'gp_weight': 10.0,
+  'update_order': 'sequential',
+  'ema_decay': 0.0,
+  'ema_start_step': 0,
+  'model.init': 'normal',
+  'model.d_spectral_norm': False,
+}
 _PACKAGES = (
   'jax',
   'jaxlib',
@@ -131,13 +145,17 @@ def describe_data(config: ml_collections.ConfigDict, images: np.ndarray) -> dict
 def trajectory_changes(
   old: ml_collections.ConfigDict, new: ml_collections.ConfigDict
 ) -> list[str]:
-  """'key: old -> new' for every changed key outside RESUMABLE_KEYS."""
-  a = _flatten(old.to_dict())
-  b = _flatten(new.to_dict())
+  """'key: old -> new' for every changed key outside RESUMABLE_KEYS (and
+  num_train_steps where a learning-rate schedule depends on it)."""
+  a = INTRODUCED_KEYS | _flatten(old.to_dict())
+  b = INTRODUCED_KEYS | _flatten(new.to_dict())
+  resumable = RESUMABLE_KEYS
+  if 'linear' in (a['lr_schedule'], b['lr_schedule']):
+    resumable = resumable - {'num_train_steps'}
   return [
     f'{key}: {a.get(key)!r} -> {b.get(key)!r}'
     for key in sorted(set(a) | set(b))
-    if key not in RESUMABLE_KEYS and a.get(key) != b.get(key)
+    if key not in resumable and a.get(key) != b.get(key)
   ]
 
 

@@ -39,6 +39,7 @@ class GANMonitors:
     collapse_ratio: float,
     eps: float = 0.01,
     collapse_warmup_steps: int = 1000,
+    probabilities: bool = True,
   ):
     self._real_diversity = diversity(real_images)
     self._window = d_wins_window
@@ -48,8 +49,13 @@ class GANMonitors:
     self._intervals = 0
     self._warmup_steps = collapse_warmup_steps
     self._was_diverse = False  # The samples' ratio reached the threshold once.
+    # d_real / d_fake are probabilities (loss 'bce'); for the other losses
+    # they are scores without a "wins outright" threshold.
+    self._probabilities = probabilities
 
   def on_log(self, step: int, summary: dict[str, float]) -> dict[str, float]:
+    if not self._probabilities:
+      return {}
     wins = summary['d_real'] > 1 - self._eps and summary['d_fake'] < self._eps
     if not wins:
       self._intervals, self._d_wins_since = 0, None

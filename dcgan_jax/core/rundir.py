@@ -111,6 +111,17 @@ def error_summary(error: BaseException) -> str:
   return f'{type(error).__name__}: {reason}' if reason else repr(error)
 
 
+def checkpoint_tree(state: GANState) -> dict[str, PyTree]:
+  """What a checkpoint holds: the state's fields by name, without the unused
+  ones (`g_ema` of a run without EMA), so the checkpoints of runs without
+  EMA keep the layout they had before it existed."""
+  return {
+    field.name: getattr(state, field.name)
+    for field in dataclasses.fields(state)
+    if getattr(state, field.name) is not None
+  }
+
+
 def restore_latest(
   workdir: str, config: ml_collections.ConfigDict, *, step: int | None = None
 ) -> GANState | None:
@@ -128,7 +139,10 @@ def restore_latest(
       jax.eval_shape(lambda: initial_state(config)),
     )
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(target))
+      restored = manager.restore(
+        step, args=ocp.args.StandardRestore(checkpoint_tree(target))
+      )
+      return GANState(**restored)
     except Exception as e:  # Orbax raises many types; all mean "unreadable".
       raise CheckpointError(_unreadable_message(manager, step, e)) from e
 
@@ -222,13 +236,46 @@ def make_workdir(workdir: str) -> None:
     ) from e
 
 
+# The generator a tool uses: 'auto' = the moving average (EMA) when the run
+# keeps one, else G itself; 'ema' insists on the EMA; 'raw' = G itself.
+GENERATORS = ('auto', 'ema', 'raw')
+GENERATOR_HELP = (
+  "Which generator: 'auto' (G's moving average when the run has one, i.e. "
+  "config.ema_decay > 0, else G), 'ema' or 'raw' (G's own weights)."
+)
+
+
+def resolve_generator(state: GANState, generator: str, workdir: str = '') -> str:
+  """'ema' or 'raw' for a `GENERATORS` choice; ValueError (one line, what
+  to pass instead) for 'ema' on a run without a moving average."""
+  if generator not in GENERATORS:
+    raise ValueError(f'--generator must be one of {GENERATORS}, got {generator!r}.')
+  if generator == 'auto':
+    return 'raw' if state.g_ema is None else 'ema'
+  if generator == 'ema' and state.g_ema is None:
+    raise ValueError(
+      f'--generator=ema: the run {workdir} keeps no moving average of G '
+      '(trained with config.ema_decay=0); use --generator=raw or auto.'
+    )
+  return generator
+
+
+def generator_variables(state: GANState, generator: str = 'auto') -> dict[str, PyTree]:
+  """G's variables for `generator.apply`: the moving average or G's own."""
+  if resolve_generator(state, generator) == 'ema':
+    return state.g_ema
+  return state.g_variables
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A trained single-GAN run as the tools see it: config and latest state."""
+  """A trained single-GAN run as the tools see it: config, latest state and
+  which generator the tool uses ('ema' or 'raw', see `resolve_generator`)."""
 
   workdir: str
   config: ml_collections.ConfigDict
   state: GANState
+  generator: str = 'raw'
 
   @property
   def step(self) -> int:
@@ -236,18 +283,20 @@ class Run:
 
   @property
   def g_variables(self) -> dict[str, PyTree]:
-    return {'params': self.state.g_params, 'batch_stats': self.state.g_batch_stats}
+    """The variables of the generator this run is used with."""
+    return generator_variables(self.state, self.generator)
 
   @property
   def d_variables(self) -> dict[str, PyTree]:
     return {'params': self.state.d_params, 'batch_stats': self.state.d_batch_stats}
 
 
-def load_runs(workdir: str) -> list[Run]:
+def load_runs(workdir: str, generator: str = 'auto') -> list[Run]:
   """Every GAN of `workdir` (one, or K for num_seeds = K) at its latest
-  checkpoint. FileNotFoundError (saying what to do) for a directory that is
-  not a workdir or a GAN without checkpoints; CheckpointError for one that
-  cannot be read."""
+  checkpoint, with `generator` resolved (`resolve_generator`).
+  FileNotFoundError (saying what to do) for a directory that is not a
+  workdir or a GAN without checkpoints; CheckpointError for one that cannot
+  be read."""
   config = load_config(workdir)
   runs = []
   for member in seed_members(config, workdir):
@@ -257,11 +306,12 @@ def load_runs(workdir: str) -> list[Run]:
         f'No checkpoint under {os.path.join(member.workdir, CHECKPOINT_DIR)}: train '
         f'first with `python launch.py --config=... --workdir={workdir}`.'
       )
-    runs.append(Run(member.workdir, member.config, state))
+    which = resolve_generator(state, generator, member.workdir)
+    runs.append(Run(member.workdir, member.config, state, which))
   return runs
 
 
-def load_run(workdir: str) -> Run:
+def load_run(workdir: str, generator: str = 'auto') -> Run:
   """The single GAN of `workdir` at its latest checkpoint, with errors that
   say what to pass instead (see `load_runs`; a workdir of several GANs
   names its members)."""
@@ -272,5 +322,5 @@ def load_run(workdir: str) -> Run:
       f'{workdir} holds {config.num_seeds} GANs (num_seeds); use --workdir '
       f'set to one of: {members}.'
     )
-  (run,) = load_runs(workdir)
+  (run,) = load_runs(workdir, generator)
   return run

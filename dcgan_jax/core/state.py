@@ -20,7 +20,11 @@ PyTree = Any
 
 
 class GANState(struct.PyTreeNode):
-  """Everything that changes during training, explicitly."""
+  """Everything that changes during training, explicitly.
+
+  `g_ema` is None unless `config.ema_decay > 0`; then it holds the moving
+  averages of G's variables, {'params': ..., 'batch_stats': ...}.
+  """
 
   step: jax.Array
   g_params: PyTree
@@ -29,6 +33,12 @@ class GANState(struct.PyTreeNode):
   d_params: PyTree
   d_batch_stats: PyTree
   d_opt_state: optax.OptState
+  g_ema: PyTree = None
+
+  @property
+  def g_variables(self) -> dict[str, PyTree]:
+    """G's trained variables, as `generator.apply` takes them."""
+    return {'params': self.g_params, 'batch_stats': self.g_batch_stats}
 
 
 def split_root_key(root_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -37,13 +47,33 @@ def split_root_key(root_key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array
   return init_key, train_key, sample_key
 
 
-def create_optimizers(config: ml_collections.ConfigDict):
-  """(g_tx, d_tx): Adam (paper: lr 2e-4, beta1 0.5) or SGD with momentum."""
+def learning_rate(
+  config: ml_collections.ConfigDict, peak: float
+) -> optax.ScalarOrSchedule:
+  """`peak`, constant (the paper) or decayed linearly to 0 at the last step."""
+  if config.get('lr_schedule', 'constant') == 'linear':
+    return optax.linear_schedule(peak, 0.0, config.num_train_steps)
+  return peak
 
-  def make(learning_rate):
+
+def create_optimizers(config: ml_collections.ConfigDict):
+  """(g_tx, d_tx): Adam (paper: lr 2e-4, beta1 0.5) or SGD with momentum.
+
+  With `weight_decay = w > 0`, w * parameter is added to every parameter's
+  gradient before the optimizer (L2 regularisation, as the authors' Theano
+  code: 1e-5 there), BatchNorm scales and biases included.
+  """
+
+  def make(peak):
+    rate = learning_rate(config, peak)
     if config.optimizer == 'sgd':
-      return optax.sgd(learning_rate, momentum=config.sgd_momentum or None)
-    return optax.adam(learning_rate, b1=config.b1, b2=config.b2)
+      tx = optax.sgd(rate, momentum=config.sgd_momentum or None)
+    else:
+      eps = config.get('adam_eps', 1e-8)
+      tx = optax.adam(rate, b1=config.b1, b2=config.b2, eps=eps)
+    if config.get('weight_decay', 0.0):
+      tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+    return tx
 
   return make(config.g_learning_rate), make(config.d_learning_rate)
 
@@ -68,8 +98,10 @@ def create_state(
   *,
   z_dim: int,
   image_shape: tuple[int, int, int],
+  ema: bool = False,
 ) -> GANState:
-  """Fresh parameters, BatchNorm statistics and optimizer states at step 0."""
+  """Fresh parameters, BatchNorm statistics and optimizer states at step 0;
+  with `ema`, G's moving averages start as copies of G's variables."""
   g_key, d_key, dropout_key = jax.random.split(init_key, 3)
   g_vars = generator.init(g_key, jnp.zeros((1, z_dim)), train=False)
   d_vars = discriminator.init(
@@ -85,7 +117,17 @@ def create_state(
     d_params=d_vars['params'],
     d_batch_stats=d_vars.get('batch_stats', {}),
     d_opt_state=d_tx.init(d_vars['params']),
+    g_ema=_copy(
+      {'params': g_vars['params'], 'batch_stats': g_vars.get('batch_stats', {})}
+    )
+    if ema
+    else None,
   )
+
+
+def _copy(tree: PyTree) -> PyTree:
+  """Fresh buffers: state leaves are donated, so no two may share one."""
+  return jax.tree.map(jnp.copy, tree)
 
 
 def initial_state(config: ml_collections.ConfigDict) -> GANState:
@@ -99,6 +141,7 @@ def initial_state(config: ml_collections.ConfigDict) -> GANState:
     init_key,
     z_dim=config.model.z_dim,
     image_shape=(config.image_size, config.image_size, config.num_channels),
+    ema=config.get('ema_decay', 0.0) > 0,
   )
 
 

@@ -1,5 +1,9 @@
 """The pure train step: one D update, then one G update, inside `pmap`.
 
+The objective is `config.loss` (`core.losses`); `config.update_order`
+picks the paper's sequential updates or the TensorFlow tutorial's
+simultaneous ones; `config.ema_decay` keeps a moving average of G.
+
 `train_step(state, images, train_key, *, hyper)` has no side effects; the
 noise of step s is drawn from `fold_in(train_key, s)` for the global batch
 and each device takes its slice, so the result does not depend on how many
@@ -8,6 +12,7 @@ devices share the batch. `make_ensemble_step` runs K GANs in one program.
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +22,7 @@ from clu import metrics
 from flax import linen as nn
 from flax import struct
 
+from dcgan_jax.core import losses
 from dcgan_jax.core.state import GANState, PyTree, build
 from dcgan_jax.networks import models
 
@@ -74,6 +80,16 @@ class StepHyper:
   # Leave out (rather than apply) an update whose loss, gradients or result
   # are not finite on some device.
   skip_nonfinite: bool = False
+  # The objective (`core.losses`) and the weight of WGAN-GP's penalty.
+  loss: str = 'bce'
+  gp_weight: float = 10.0
+  # Update D and G at once from the same D outputs (the TensorFlow
+  # tutorial) instead of D first, then G against the updated D (the paper).
+  simultaneous: bool = False
+  # Moving average of G's variables (state.g_ema): decay, and the number of
+  # steps before which it copies G instead of averaging.
+  ema_decay: float = 0.0
+  ema_start_step: int = 0
 
 
 def make_step_config(
@@ -91,26 +107,39 @@ def make_step_config(
     real_label=config.real_label,
     sync_batchnorm=config.sync_batchnorm,
     skip_nonfinite=config.nonfinite == 'skip',
+    # .get: configs written before these keys existed mean the paper's step.
+    loss=config.get('loss', 'bce'),
+    gp_weight=config.get('gp_weight', 10.0),
+    simultaneous=config.get('update_order', 'sequential') == 'simultaneous',
+    ema_decay=config.get('ema_decay', 0.0),
+    ema_start_step=config.get('ema_start_step', 0),
   )
 
 
-def _bce(logits: jax.Array, target: float) -> jax.Array:
-  return optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, target))
+class Noise(NamedTuple):
+  z: jax.Array  # [local batch, z_dim]: this device's slice of the global z.
+  dropout_keys: jax.Array  # [3]: D on real, D on fake, D in G's update.
+  mix: jax.Array  # [local batch]: WGAN-GP's interpolation weights.
 
 
 def _noise(
   state: GANState, local_batch: int, train_key: jax.Array, hyper, axis_name: str
-):
-  """This device's slice of the global batch's z, and its dropout keys."""
+) -> Noise:
+  """This device's slice of the global batch's random draws."""
   num_devices = jax.lax.psum(1, axis_name)
   device_index = jax.lax.axis_index(axis_name)
   step_key = jax.random.fold_in(train_key, state.step)
   z_key, dropout_key = jax.random.split(step_key)
-  z = models.sample_z(z_key, local_batch * num_devices, hyper.z_dim, hyper.z_dist)
-  z = jax.lax.dynamic_slice_in_dim(z, device_index * local_batch, local_batch)
+  global_batch = local_batch * num_devices
+
+  def my_slice(x):
+    return jax.lax.dynamic_slice_in_dim(x, device_index * local_batch, local_batch)
+
+  z = models.sample_z(z_key, global_batch, hyper.z_dim, hyper.z_dist)
+  mix = jax.random.uniform(jax.random.fold_in(step_key, 1), (global_batch,))
   # Dropout (only in 'tf_tutorial' D) is drawn per device.
   dropout_keys = jax.random.split(jax.random.fold_in(dropout_key, device_index), 3)
-  return z, dropout_keys
+  return Noise(my_slice(z), dropout_keys, my_slice(mix))
 
 
 def _apply_d(hyper, d_params, batch_stats, x, dropout_key):
@@ -136,36 +165,22 @@ def _apply_if(ok: jax.Array, new: GANState, old: GANState) -> GANState:
   return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-def d_update(
-  state: GANState,
-  images: jax.Array,
-  fake: jax.Array,
-  dropout_keys: jax.Array,
-  *,
-  hyper: StepHyper,
-  axis_name: str = 'batch',
-) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
-  """One Adam step of D on BCE(D(x), real_label) + BCE(D(fake), 0).
+def _penalty(hyper, d_params, batch_stats, images, fake, noise) -> jax.Array:
+  """gp_weight * WGAN-GP's gradient penalty (0 for the other losses)."""
+  if hyper.loss != 'wgan_gp':
+    return jnp.zeros((), jnp.float32)
 
-  Real and fake go through D as separate batches (separate BatchNorm
-  statistics, as the paper's code). Only D's fields of the state change.
-  Also returns whether the update was finite on every device (if not, and
-  `hyper.skip_nonfinite`, D's fields are returned unchanged).
-  """
+  def critic(x):
+    return _apply_d(hyper, d_params, batch_stats, x, noise.dropout_keys[0])[0]
 
-  def loss_fn(d_params):
-    real_logits, stats = _apply_d(
-      hyper, d_params, state.d_batch_stats, images, dropout_keys[0]
-    )
-    fake_logits, stats = _apply_d(
-      hyper, d_params, stats, jax.lax.stop_gradient(fake), dropout_keys[1]
-    )
-    loss = _bce(real_logits, hyper.real_label).mean() + _bce(fake_logits, 0.0).mean()
-    return loss, (stats, real_logits, fake_logits)
+  return hyper.gp_weight * losses.gradient_penalty(
+    critic, images, jax.lax.stop_gradient(fake), noise.mix
+  )
 
-  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
-    loss_fn, has_aux=True
-  )(state.d_params)
+
+def _step_d(state, grads, stats, loss, real_logits, fake_logits, *, hyper, axis_name):
+  """Applies D's (device-local) gradients: pmean, optimizer, BatchNorm
+  statistics; returns (state, metrics, whether finite on every device)."""
   grads = jax.lax.pmean(grads, axis_name)
   updates, opt_state = hyper.d_tx.update(grads, state.d_opt_state, state.d_params)
   if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
@@ -182,36 +197,16 @@ def d_update(
     new_state = _apply_if(ok, new_state, state)
   outputs = {
     'd_loss': loss,
-    'd_real': jax.nn.sigmoid(real_logits).mean(),
-    'd_fake': jax.nn.sigmoid(fake_logits).mean(),
+    'd_real': losses.d_outputs(hyper.loss, real_logits),
+    'd_fake': losses.d_outputs(hyper.loss, fake_logits),
     'd_grad_norm': optax.global_norm(grads),
   }
   return new_state, outputs, ok
 
 
-def g_update(
-  state: GANState,
-  fake: jax.Array,
-  g_vjp,
-  g_batch_stats: PyTree,
-  dropout_key: jax.Array,
-  *,
-  hyper: StepHyper,
-  axis_name: str = 'batch',
-) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
-  """One Adam step of G on the non-saturating loss BCE(D(G(z)), 1).
-
-  D is the one just updated. `fake` and `g_vjp` come from G's forward pass
-  at the current G parameters (`jax.vjp`), which the D update did not touch.
-  Returns the finiteness flag as `d_update` does.
-  """
-
-  def loss_fn(fake):
-    logits, _ = _apply_d(hyper, state.d_params, state.d_batch_stats, fake, dropout_key)
-    return _bce(logits, 1.0).mean(), logits
-
-  (loss, logits), fake_grads = jax.value_and_grad(loss_fn, has_aux=True)(fake)
-  (grads,) = g_vjp(fake_grads)
+def _step_g(state, grads, g_batch_stats, loss, logits, *, hyper, axis_name):
+  """Applies G's gradients as `_step_d` does D's; `logits` are D's outputs
+  for G's images in G's loss."""
   grads = jax.lax.pmean(grads, axis_name)
   updates, opt_state = hyper.g_tx.update(grads, state.g_opt_state, state.g_params)
   if not hyper.sync_batchnorm:
@@ -228,10 +223,144 @@ def g_update(
     new_state = _apply_if(ok, new_state, state)
   outputs = {
     'g_loss': loss,
-    'd_fake_after': jax.nn.sigmoid(logits).mean(),
+    'd_fake_after': losses.d_outputs(hyper.loss, logits),
     'g_grad_norm': optax.global_norm(grads),
   }
   return new_state, outputs, ok
+
+
+def d_update(
+  state: GANState,
+  images: jax.Array,
+  fake: jax.Array,
+  noise: Noise,
+  *,
+  hyper: StepHyper,
+  axis_name: str = 'batch',
+) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
+  """One optimizer step of D on `hyper.loss` (paper: BCE(D(x), real_label)
+  + BCE(D(fake), 0)).
+
+  Real and fake go through D as separate batches (separate BatchNorm
+  statistics, as the paper's code). Only D's fields of the state change.
+  Also returns whether the update was finite on every device (if not, and
+  `hyper.skip_nonfinite`, D's fields are returned unchanged).
+  """
+  fake = jax.lax.stop_gradient(fake)
+
+  def loss_fn(d_params):
+    real_logits, stats = _apply_d(
+      hyper, d_params, state.d_batch_stats, images, noise.dropout_keys[0]
+    )
+    fake_logits, stats = _apply_d(hyper, d_params, stats, fake, noise.dropout_keys[1])
+    loss = losses.d_loss(
+      hyper.loss, real_logits, fake_logits, real_label=hyper.real_label
+    )
+    loss += _penalty(hyper, d_params, stats, images, fake, noise)
+    return loss, (stats, real_logits, fake_logits)
+
+  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
+    loss_fn, has_aux=True
+  )(state.d_params)
+  return _step_d(
+    state,
+    grads,
+    stats,
+    loss,
+    real_logits,
+    fake_logits,
+    hyper=hyper,
+    axis_name=axis_name,
+  )
+
+
+def g_update(
+  state: GANState,
+  fake: jax.Array,
+  g_vjp,
+  g_batch_stats: PyTree,
+  dropout_key: jax.Array,
+  *,
+  hyper: StepHyper,
+  axis_name: str = 'batch',
+) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
+  """One optimizer step of G on `hyper.loss`'s G loss (paper: the
+  non-saturating BCE(D(G(z)), 1)).
+
+  D is the one just updated. `fake` and `g_vjp` come from G's forward pass
+  at the current G parameters (`jax.vjp`), which the D update did not touch.
+  Returns the finiteness flag as `d_update` does.
+  """
+
+  def loss_fn(fake):
+    logits, _ = _apply_d(hyper, state.d_params, state.d_batch_stats, fake, dropout_key)
+    return losses.g_loss(hyper.loss, logits), logits
+
+  (loss, logits), fake_grads = jax.value_and_grad(loss_fn, has_aux=True)(fake)
+  (grads,) = g_vjp(fake_grads)
+  return _step_g(
+    state, grads, g_batch_stats, loss, logits, hyper=hyper, axis_name=axis_name
+  )
+
+
+def simultaneous_update(
+  state: GANState,
+  images: jax.Array,
+  fake: jax.Array,
+  g_vjp,
+  g_batch_stats: PyTree,
+  noise: Noise,
+  *,
+  hyper: StepHyper,
+  axis_name: str = 'batch',
+):
+  """D's and G's optimizer steps from one pass of D over real and fake (the
+  TensorFlow tutorial's step): both gradients are taken at the current D,
+  with the same dropout masks, and applied together."""
+
+  def d_forward(d_params, fake):
+    real_logits, stats = _apply_d(
+      hyper, d_params, state.d_batch_stats, images, noise.dropout_keys[0]
+    )
+    fake_logits, stats = _apply_d(hyper, d_params, stats, fake, noise.dropout_keys[1])
+    return (real_logits, fake_logits), stats
+
+  (real_logits, fake_logits), d_vjp, stats = jax.vjp(
+    d_forward, state.d_params, fake, has_aux=True
+  )
+  d_loss, d_cotangents = jax.value_and_grad(
+    lambda r, f: losses.d_loss(hyper.loss, r, f, real_label=hyper.real_label),
+    argnums=(0, 1),
+  )(real_logits, fake_logits)
+  d_grads, _ = d_vjp(d_cotangents)
+  if hyper.loss == 'wgan_gp':
+    penalty, penalty_grads = jax.value_and_grad(
+      lambda p: _penalty(hyper, p, stats, images, fake, noise)
+    )(state.d_params)
+    d_loss += penalty
+    d_grads = jax.tree.map(jnp.add, d_grads, penalty_grads)
+  g_loss, g_cotangent = jax.value_and_grad(lambda f: losses.g_loss(hyper.loss, f))(
+    fake_logits
+  )
+  _, fake_grads = d_vjp((jnp.zeros_like(real_logits), g_cotangent))
+  (g_grads,) = g_vjp(fake_grads)
+  kwargs = dict(hyper=hyper, axis_name=axis_name)
+  new, d_out, d_ok = _step_d(
+    state, d_grads, stats, d_loss, real_logits, fake_logits, **kwargs
+  )
+  new, g_out, g_ok = _step_g(new, g_grads, g_batch_stats, g_loss, fake_logits, **kwargs)
+  return new, d_out | g_out, d_ok, g_ok
+
+
+def _update_ema(state: GANState, hyper: StepHyper) -> GANState:
+  """G's moving averages after this step's update (a copy of G until
+  `ema_start_step` steps are done)."""
+  if state.g_ema is None:
+    return state
+  averaging = state.step + 1 > hyper.ema_start_step
+  decay = jnp.where(averaging, hyper.ema_decay, 0.0).astype(jnp.float32)
+  g_ema = optax.incremental_update(state.g_variables, state.g_ema, 1.0 - decay)
+  return state.replace(g_ema=g_ema)
 
 
 def train_step(
@@ -242,7 +371,8 @@ def train_step(
   hyper: StepHyper,
   axis_name: str = 'batch',
 ) -> tuple[GANState, TrainMetrics]:
-  """One D update on a real and a fake batch, then one G update.
+  """One D update on a real and a fake batch, then one G update (or both at
+  once with `hyper.simultaneous`), then G's moving average.
 
   Runs inside `pmap` over `axis_name`. z is drawn for the global batch from
   `fold_in(train_key, step)` and each device takes its slice, so the result
@@ -250,31 +380,45 @@ def train_step(
   its VJP serves the G update, which equals a second forward pass since G's
   parameters do not change in between.
   """
-  z, dropout_keys = _noise(state, images.shape[0], train_key, hyper, axis_name)
+  noise = _noise(state, images.shape[0], train_key, hyper, axis_name)
 
   def g_forward(g_params):
     fake, new_vars = hyper.generator.apply(
       {'params': g_params, 'batch_stats': state.g_batch_stats},
-      z,
+      noise.z,
       train=True,
       mutable=['batch_stats'],
     )
     return fake, new_vars.get('batch_stats', {})
 
   fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-  state, d_out, d_ok = d_update(
-    state, images, fake, dropout_keys, hyper=hyper, axis_name=axis_name
-  )
-  state, g_out, g_ok = g_update(
-    state,
-    fake,
-    g_vjp,
-    g_batch_stats,
-    dropout_keys[2],
-    hyper=hyper,
-    axis_name=axis_name,
-  )
-  outputs = jax.lax.pmean(d_out | g_out, axis_name)
+  if hyper.simultaneous:
+    state, outputs, d_ok, g_ok = simultaneous_update(
+      state,
+      images,
+      fake,
+      g_vjp,
+      g_batch_stats,
+      noise,
+      hyper=hyper,
+      axis_name=axis_name,
+    )
+  else:
+    state, d_out, d_ok = d_update(
+      state, images, fake, noise, hyper=hyper, axis_name=axis_name
+    )
+    state, g_out, g_ok = g_update(
+      state,
+      fake,
+      g_vjp,
+      g_batch_stats,
+      noise.dropout_keys[2],
+      hyper=hyper,
+      axis_name=axis_name,
+    )
+    outputs = d_out | g_out
+  outputs = jax.lax.pmean(outputs, axis_name)
+  state = _update_ema(state, hyper)
   state = state.replace(step=state.step + 1)
   outputs |= {
     'd_nonfinite': 1.0 - d_ok.astype(jnp.float32),

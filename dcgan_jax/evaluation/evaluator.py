@@ -624,8 +624,11 @@ def evaluate_generator(
   cache_workdir: str | None = None,
   skipped: dict[str, str] | None = None,
   memory_limit: int | None = None,
+  generator: str = 'auto',
 ) -> dict[str, Any]:
-  """Scores the generator of `state` (a single GAN of the run in `workdir`).
+  """Scores the generator of `state` (a single GAN of the run in `workdir`):
+  G's moving average when the run keeps one, unless `generator='raw'` (see
+  `rundir.resolve_generator`).
 
   For each z seed in `seeds`, draws `num_samples` images and computes the
   metrics; the report's `metrics` are their means over the seeds, `spread`
@@ -648,7 +651,8 @@ def evaluate_generator(
   step = int(state.step)
   if real_images is None:
     real_images = loader.load_data(config, workdir)
-  g_variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats}
+  generator = rundir.resolve_generator(state, generator, workdir)
+  g_variables = rundir.generator_variables(state, generator)
   per_seed, details, pictures = [], {}, {}
   sample_fn = generate.generator_fn(config, g_variables)
   for seed in seeds:
@@ -690,6 +694,8 @@ def evaluate_generator(
     'dataset': config.dataset,
     'image_shape': list(images.shape[1:]),
     'sample_batchnorm': config.sample_batchnorm,
+    'generator': generator,
+    'run_has_ema': state.g_ema is not None,
     'metrics': values,
     'descriptions': {k: DESCRIPTIONS[k] for k in values},
     'details': details,
@@ -744,8 +750,10 @@ def evaluate(
   inception_weights: str | None = None,
   classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
   memory_limit: int | None = None,
+  generator: str = 'auto',
 ) -> dict[str, Any]:
-  """Scores the latest checkpoint of `workdir`; writes and returns the report.
+  """Scores the latest checkpoint of `workdir` (its `generator`, see
+  `rundir.resolve_generator`); writes and returns the report.
 
   The report (W/eval/report_step_<step>.json) holds step, num_samples, the
   z seeds, `metrics` (name -> value, the mean over the z seeds), `spread`
@@ -768,7 +776,7 @@ def evaluate(
   if list(metrics) == ['auto']:
     metrics, skipped = available_metrics(config, inception_weights)
   inception_weights = check_metrics_available(config, metrics, inception_weights)
-  runs = rundir.load_runs(workdir)
+  runs = rundir.load_runs(workdir, generator)
   if len({run.step for run in runs}) > 1:
     raise ValueError(
       f'The GANs in {workdir} are at different steps '
@@ -789,6 +797,7 @@ def evaluate(
       cache_workdir=workdir,
       skipped=skipped,
       memory_limit=memory_limit,
+      generator=run.generator,
     )
     for run in runs
   ]
@@ -801,14 +810,15 @@ def evaluate(
   report |= {k: reports[0][k] for k in _WEIGHTS_KEYS if k in reports[0]}
   report |= {
     'sample_batchnorm': config.sample_batchnorm,
+    'generator': reports[0]['generator'],
+    'run_has_ema': reports[0]['run_has_ema'],
     'training_seeds': [run.config.seed for run in runs],
     'metrics': values,
     'spread': spread,
     'descriptions': reports[0]['descriptions'],
     **({'skipped': skipped} if skipped else {}),
     'member_reports': [
-      files.join(run.workdir, rundir.EVAL_DIR, f'report_step_{r["step"]}.json')
-      for r, run in zip(reports, runs, strict=True)
+      report_path(run.workdir, r) for r, run in zip(reports, runs, strict=True)
     ],
     'seconds': round(sum(r['seconds'] for r in reports), 2),
   }
@@ -816,17 +826,32 @@ def evaluate(
   return report
 
 
+def _raw_of_ema_run(report: dict[str, Any]) -> bool:
+  return report.get('generator') == 'raw' and report.get('run_has_ema', False)
+
+
+def report_path(workdir: str, report: dict[str, Any]) -> str:
+  """W/eval/report_step_<step>.json; `_raw` is added for G's own weights in
+  a run that keeps a moving average (whose report has the plain name)."""
+  suffix = '_raw' if _raw_of_ema_run(report) else ''
+  return files.join(
+    workdir, rundir.EVAL_DIR, f'report_step_{report["step"]}{suffix}.json'
+  )
+
+
 def write_report(workdir: str, report: dict[str, Any]) -> str:
   """Writes the JSON report atomically and the scalars (and their spread,
-  as '<name>_std') to TensorBoard in W/eval; only process 0 writes."""
+  as '<name>_std') to TensorBoard in W/eval (as eval_raw/... for `_raw`
+  reports); only process 0 writes."""
   directory = files.join(workdir, rundir.EVAL_DIR)
-  path = files.join(directory, f'report_step_{report["step"]}.json')
+  path = report_path(workdir, report)
   if jax.process_index() != 0:
     return path
   files.write_json(path, report)
-  scalars = {f'eval/{k}': v for k, v in report['metrics'].items() if np.isscalar(v)}
+  tag = 'eval_raw' if _raw_of_ema_run(report) else 'eval'
+  scalars = {f'{tag}/{k}': v for k, v in report['metrics'].items() if np.isscalar(v)}
   for k, v in report.get('spread', {}).items():
-    scalars[f'eval/{k}_std'] = v['std']
+    scalars[f'{tag}/{k}_std'] = v['std']
   writer = event_writer.create_writer(directory)
   writer.write_scalars(report['step'], scalars)
   writer.flush()
@@ -837,6 +862,8 @@ def write_report(workdir: str, report: dict[str, Any]) -> str:
 def summary(report: dict[str, Any]) -> str:
   seeds = report['seeds']
   head = f'step {report["step"]}, {report["num_samples"]} samples'
+  if report.get('run_has_ema'):
+    head += f' of {"G itself" if report["generator"] == "raw" else "the EMA of G"}'
   if len(seeds) > 1:
     head += f' for each of the z seeds {seeds}'
   if 'training_seeds' in report:

@@ -35,6 +35,7 @@ RESIZE_METHODS = ('nearest', 'bilinear')
 KERNEL_SIZES = (4, 5)
 CONV_IMPLS = ('auto', 'phases', 'xla')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+INITS = ('normal', 'glorot_uniform')
 NUM_CHANNELS = (1, 3)
 DCGAN_IMAGE_SIZES = (16, 32, 64, 128)
 
@@ -62,10 +63,28 @@ class LayerSettings:
   # gradients pass only where both the input and the incoming gradient are
   # positive. Same forward pass; for visualising D's features only.
   guided_backprop: bool = False
+  # 'normal': kernels from N(0, init_std), BatchNorm scales from N(1,
+  # init_std) (the reference DCGAN code); 'glorot_uniform': Keras' defaults
+  # (the TensorFlow tutorial): Glorot-uniform kernels, BatchNorm scales 1.
+  init: str = 'normal'
+  # Spectral normalisation (Miyato et al., 2018) of the layers built with
+  # `normed`: one power iteration per training forward pass, its vectors in
+  # the 'batch_stats' collection. Set for D only.
+  spectral_norm: bool = False
 
   @property
   def kernel_init(self) -> Callable[..., jax.Array]:
+    if self.init == 'glorot_uniform':
+      return nn.initializers.glorot_uniform()
     return nn.initializers.normal(self.init_std)
+
+  def normed(self, layer: nn.Module, train: bool) -> Callable[[jax.Array], jax.Array]:
+    """`layer`, spectrally normalised if `spectral_norm` (its parameters keep
+    their names; the power-iteration state is `<name>_sn` in 'batch_stats')."""
+    if not self.spectral_norm:
+      return layer
+    wrapped = nn.SpectralNorm(layer, name=f'{layer.name}_sn')
+    return functools.partial(wrapped, update_stats=train)
 
   def dense(self, features: int, *, use_bias: bool = True, name: str) -> nn.Dense:
     """A Dense layer with the shared initialisers."""
@@ -147,6 +166,8 @@ class LayerSettings:
     std = self.init_std
 
     def scale_init(key, shape, dtype=jnp.float32):
+      if self.init == 'glorot_uniform':
+        return jnp.ones(shape, dtype)
       return 1.0 + std * jax.random.normal(key, shape, dtype)
 
     return nn.BatchNorm(
@@ -190,10 +211,11 @@ def _maybe_bn(
   return layers.batch_norm(train, name=name)(x) if use_bn else x
 
 
-def _logits(x: jax.Array, layers: LayerSettings) -> jax.Array:
+def _logits(x: jax.Array, layers: LayerSettings, train: bool) -> jax.Array:
   """Flattens features, maps them to one logit per example: float32 [B]."""
   x = x.reshape(x.shape[0], -1)
-  return layers.dense(1, name='logits')(x).reshape(-1).astype(jnp.float32)
+  dense = layers.normed(layers.dense(1, name='logits'), train)
+  return dense(x).reshape(-1).astype(jnp.float32)
 
 
 def _check_images(x: jax.Array, image_size: int, num_channels: int) -> None:
@@ -281,9 +303,10 @@ class DCGANDiscriminator(nn.Module):
         use_bias=not use_bn,
         name=f'conv_{i}',
       )
-      x = _maybe_bn(conv(x), self.layers, use_bn, train, f'conv_{i}_bn')
+      x = self.layers.normed(conv, train)(x)
+      x = _maybe_bn(x, self.layers, use_bn, train, f'conv_{i}_bn')
       x = self.layers.leaky_relu(x)
-    return _logits(x, self.layers)
+    return _logits(x, self.layers, train)
 
 
 # ----------------------------------------------------------- tf_tutorial ---
@@ -333,12 +356,12 @@ class TFTutorialDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     _check_images(x, 28, self.num_channels)
+    lyr = self.layers
     for i, ch in enumerate((64, 128)):
-      x = self.layers.leaky_relu(
-        self.layers.conv(ch, 5, strides=2, name=f'conv_{i}')(x)
-      )
+      conv = lyr.normed(lyr.conv(ch, 5, strides=2, name=f'conv_{i}'), train)
+      x = lyr.leaky_relu(conv(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return _logits(x, self.layers)
+    return _logits(x, lyr, train)
 
 
 # ---------------------------------------------------------------- conv28 ---
@@ -382,10 +405,11 @@ class Conv28Discriminator(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     _check_images(x, 28, self.num_channels)
     bn, lyr = self.batchnorm, self.layers
-    x = lyr.leaky_relu(lyr.conv(128, 5, strides=2, name='conv_0')(x))
-    x = lyr.conv(256, 5, strides=2, use_bias=not bn, name='conv_1')(x)
+    x = lyr.leaky_relu(lyr.normed(lyr.conv(128, 5, strides=2, name='conv_0'), train)(x))
+    conv = lyr.conv(256, 5, strides=2, use_bias=not bn, name='conv_1')
+    x = lyr.normed(conv, train)(x)
     x = lyr.leaky_relu(_maybe_bn(x, lyr, bn, train, 'conv_1_bn'))
-    x = lyr.conv(1, 7, padding='VALID', name='logits')(x)
+    x = lyr.normed(lyr.conv(1, 7, padding='VALID', name='logits'), train)(x)
     return x.reshape(-1).astype(jnp.float32)
 
 
@@ -419,11 +443,10 @@ class MLPDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    del train  # No BatchNorm or dropout.
     _check_images(x, self.image_size, self.num_channels)
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(self.layers.dense(self.hidden, name='hidden')(x))
-    return _logits(x, self.layers)
+    hidden = self.layers.normed(self.layers.dense(self.hidden, name='hidden'), train)
+    return _logits(nn.relu(hidden(x)), self.layers, train)
 
 
 # ------------------------------------------------------------ public API ---
@@ -464,6 +487,7 @@ def _check_config(
     'model.compute_dtype', model_config.get('compute_dtype', 'float32'), COMPUTE_DTYPES
   )
   _check_choice('num_channels', num_channels, NUM_CHANNELS)
+  _check_choice('model.init', model_config.get('init', 'normal'), INITS)
   if model_config.arch == 'dcgan':
     _check_dcgan(model_config, image_size)
   elif model_config.arch in ('tf_tutorial', 'conv28') and image_size != 28:
@@ -497,7 +521,6 @@ def create_models(
   `g_batchnorm` / `d_batchnorm` apply to every arch that has BatchNorm
   ('dcgan', and 'tf_tutorial' / 'conv28' too); 'mlp' has none.
   """
-  model_config = model_config
   _check_config(model_config, image_size, num_channels)
   lyr = LayerSettings(
     init_std=model_config.init_std,
@@ -508,6 +531,11 @@ def create_models(
     # .get: workdirs written before these keys existed still load.
     conv_impl=resolve_conv_impl(model_config.get('conv_impl', 'auto')),
     dtype=jnp.dtype(model_config.get('compute_dtype', 'float32')),
+    init=model_config.get('init', 'normal'),
+  )
+  # D's layers: spectrally normalised if asked (never G's).
+  d_lyr = dataclasses.replace(
+    lyr, spectral_norm=model_config.get('d_spectral_norm', False)
   )
   g_bn, d_bn, c = model_config.g_batchnorm, model_config.d_batchnorm, num_channels
   if model_config.arch == 'dcgan':
@@ -523,22 +551,22 @@ def create_models(
         batchnorm=g_bn,
         **conv,
       ),
-      DCGANDiscriminator(lyr, width=model_config.d_width, batchnorm=d_bn, **conv),
+      DCGANDiscriminator(d_lyr, width=model_config.d_width, batchnorm=d_bn, **conv),
     )
   if model_config.arch == 'tf_tutorial':
     return (
       TFTutorialGenerator(lyr, num_channels=c, batchnorm=g_bn),
       TFTutorialDiscriminator(
-        lyr, num_channels=c, dropout_rate=model_config.dropout_rate
+        d_lyr, num_channels=c, dropout_rate=model_config.dropout_rate
       ),
     )
   if model_config.arch == 'conv28':
     return (
       Conv28Generator(lyr, num_channels=c, batchnorm=g_bn),
-      Conv28Discriminator(lyr, num_channels=c, batchnorm=d_bn),
+      Conv28Discriminator(d_lyr, num_channels=c, batchnorm=d_bn),
     )
   mlp = dict(image_size=image_size, num_channels=c, hidden=model_config.mlp_hidden)
-  return MLPGenerator(lyr, **mlp), MLPDiscriminator(lyr, **mlp)
+  return MLPGenerator(lyr, **mlp), MLPDiscriminator(d_lyr, **mlp)
 
 
 def sample_z(key: jax.Array, num: int, z_dim: int, dist: str) -> jax.Array:
