@@ -66,6 +66,17 @@ def get_config() -> ml_collections.ConfigDict:
   # decodes; it shares the array in WORKDIR/data_cache, which the others read
   # (from a gs:// workdir, downloaded once into their own cache_dir).
   config.cache_dir = ml_collections.config_dict.placeholder(str)
+  # Class-conditional G and D (the authors' MNIST model): the one-hot label
+  # is joined to z and, as constant feature maps, to G's hidden layers and
+  # to D's input, hidden layers and last features. Needs labels: 'digits',
+  # 'idx:DIR', a TFDS data set with a class-label feature `label_key`, or
+  # 'folder:' with one subfolder per class (its label = the subfolder's
+  # rank in sorted order). Fake images get uniformly drawn labels. The
+  # trainer sets model.num_classes from the data; sample grids have a row
+  # per class, `sample --labels` picks classes, and evaluate reports
+  # conditional_accuracy.
+  config.conditional = False
+  config.label_key = 'label'
   # 'error': stop on unreadable/corrupt images in a 'folder:' data set,
   # naming them; 'skip': leave them out with a warning.
   config.bad_images = 'error'
@@ -120,6 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.3
   # Hidden width of the 'mlp' architecture.
   config.model.mlp_hidden = 128
+  # Classes of a conditional model: 0 for config.conditional=False; with
+  # conditional=True, 0 = from the data set's labels (the trainer records
+  # the number found in config.json), or the number the data must have.
+  config.model.num_classes = 0
   # 'normal': kernels from N(0, init_std), BatchNorm scales from N(1,
   # init_std) (the paper's code); 'glorot_uniform': Keras' defaults, as the
   # TensorFlow tutorial (Glorot-uniform kernels, BatchNorm scales 1).

@@ -200,21 +200,34 @@ class Ensemble:
         manager.close()
 
   def batches(
-    self, images: np.ndarray, global_batch_size: int, start_step: int
-  ) -> Iterator[np.ndarray]:
+    self,
+    images: np.ndarray,
+    global_batch_size: int,
+    start_step: int,
+    labels: np.ndarray | None = None,
+  ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """This host's batches from `start_step` on, each GAN in its own data
-    order: [local devices, K, per-device batch, H, W, C]."""
+    order: (images [local devices, K, per-device batch, H, W, C], their
+    class labels [local devices, K, per-device batch], or None)."""
+    order = dict(
+      global_batch_size=global_batch_size,
+      start_step=start_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     per_gan = [
-      input_pipeline.host_batches(
-        images,
-        seed=seed,
-        global_batch_size=global_batch_size,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-      )
-      for seed in self.seeds
+      input_pipeline.host_batches(images, seed=seed, **order) for seed in self.seeds
+    ]
+    per_gan_labels = [
+      input_pipeline.host_labels(labels, seed=seed, **order)
+      for seed in (self.seeds if labels is not None else [])
     ]
     n = jax.local_device_count()
     while True:
-      yield np.stack([next(it).reshape(n, -1, *images.shape[1:]) for it in per_gan], 1)
+      batch = np.stack(
+        [next(it).reshape(n, -1, *images.shape[1:]) for it in per_gan], 1
+      )
+      if labels is None:
+        yield batch, None
+      else:
+        yield batch, np.stack([next(it).reshape(n, -1) for it in per_gan_labels], 1)

@@ -33,6 +33,12 @@ COMMAND.enum(
   "config's sample_batchnorm).",
 )
 COMMAND.enum('generator', 'auto', rundir.GENERATORS, rundir.GENERATOR_HELP)
+COMMAND.string(
+  'labels',
+  None,
+  'Conditional runs: the classes to draw, comma-separated (e.g. 3 or 0,7), '
+  'repeated over num_samples (default: as many of each class, a grid row each).',
+)
 COMMAND.required('workdir', 'output')
 
 
@@ -44,6 +50,7 @@ def sample_from_workdir(
   batch_size: int = 500,
   batchnorm: str | None = None,
   generator: str = 'auto',
+  labels: Sequence[int] | None = None,
 ) -> np.ndarray:
   """uint8 [num_samples, H, W, C] from the latest checkpoint in `workdir`.
 
@@ -51,11 +58,15 @@ def sample_from_workdir(
   of `batch_size` (see `generate.images`). `batchnorm`: see
   `generate.generator_fn` (default: the run's config.sample_batchnorm).
   `generator`: G's moving average or G itself (`rundir.resolve_generator`).
+  `labels`: a conditional run's classes, repeated over the samples (default
+  `generate.default_labels`).
   """
   with progress.timed(f'Restoring the checkpoint of {workdir}'):
     run = rundir.load_run(workdir, generator)
   fn = generate.generator_fn(run.config, run.g_variables, batchnorm=batchnorm)
-  z = generate.run_z(run.config, num_samples, seed)
+  if labels is not None:
+    labels = np.resize(np.asarray(labels, np.int32), num_samples)
+  z = generate.run_z(run.config, num_samples, seed, labels)
   return generate.images(fn, z, batch_size=batch_size)
 
 
@@ -63,16 +74,29 @@ def _sample(args: flags.FlagValues) -> None:
   ext = os.path.splitext(args.output)[1].lower()
   if ext not in ('.npz', '.png'):
     raise ValueError(f'--output must end in .npz or .png, got {args.output!r}.')
+  labels = None
+  if args.labels is not None:
+    try:
+      labels = [int(x) for x in args.labels.split(',') if x.strip()]
+    except ValueError:
+      labels = []
+    if not labels:
+      raise ValueError(
+        f'--labels must be class numbers separated by commas, got {args.labels!r}.'
+      )
   images = sample_from_workdir(
     args.workdir,
     args.num_samples,
     seed=args.seed,
     batchnorm=args.batchnorm,
     generator=args.generator,
+    labels=labels,
   )
   with progress.timed(f'Writing {args.output}'):
     if ext == '.png':
-      figures.save_png(figures.make_grid(images), args.output)
+      config = rundir.load_config(args.workdir)
+      columns = None if labels else generate.grid_columns(config, len(images))
+      figures.save_png(figures.make_grid(images, num_cols=columns), args.output)
     else:
       with files.atomic_write(args.output) as f:
         np.savez_compressed(f, images=images)

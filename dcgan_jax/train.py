@@ -47,6 +47,9 @@ def train_and_evaluate(
     workdir = files.absolute(workdir, '--workdir')
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  labels = None
+  if config.get('conditional', False):
+    config, labels = _with_classes(config)
   gans = ensemble_lib.Ensemble.of(config, workdir)
   rundir.check_resume(config, workdir, allow_config_change=allow_config_change)
   is_chief = jax.process_index() == 0
@@ -60,6 +63,12 @@ def train_and_evaluate(
     )
   except ValueError as e:
     raise ConfigError(f'Cannot train on config.dataset={config.dataset!r}: {e}') from e
+  if labels is not None and len(labels) != len(images):
+    raise ConfigError(
+      f'config.dataset={config.dataset!r} has {len(labels)} labels for '
+      f'{len(images)} images (config.bad_images=skip left some out?); a '
+      'conditional run needs every image readable: fix or remove them.'
+    )
   periodic_eval = _make_periodic_eval(config, gans, images) if is_chief else None
 
   hyper = step_lib.make_step_config(
@@ -68,7 +77,7 @@ def train_and_evaluate(
   p_train_step = jax.pmap(
     step_lib.make_ensemble_step(hyper, len(gans), config.ensemble),
     axis_name='batch',
-    in_axes=(0, 0, None),
+    in_axes=(0, 0, None, 0),
     donate_argnums=(0,),
   )
   train_keys = gans.train_keys()
@@ -100,7 +109,7 @@ def train_and_evaluate(
     every_secs=None,
   )
   batches = jax_utils.prefetch_to_device(
-    gans.batches(images, config.global_batch_size, start_step), 2
+    gans.batches(images, config.global_batch_size, start_step, labels), 2
   )
   preemption = Preemption(gans.managers[0])
   train_metrics, last_logged, t0 = None, start_step, time.time()
@@ -110,7 +119,8 @@ def train_and_evaluate(
     if first:
       logging.info('Compiling the train step (the first step waits for it) ...')
       compile_start = time.time()
-    state, step_metrics = p_train_step(state, next(batches), train_keys)
+    batch_images, batch_labels = next(batches)
+    state, step_metrics = p_train_step(state, batch_images, train_keys, batch_labels)
     if first:
       jax.block_until_ready(step_metrics)
       logging.info(
@@ -167,6 +177,25 @@ def train_and_evaluate(
   return states[0] if len(gans) == 1 else states
 
 
+def _with_classes(
+  config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, np.ndarray]:
+  """(config with model.num_classes set from the data, the labels) for a
+  conditional run; a ConfigError where the data set has no labels or
+  another number of classes than model.num_classes asks for."""
+  labels, num_classes = loader.load_labels(config)
+  wanted = config.model.num_classes
+  if wanted and wanted != num_classes:
+    raise ConfigError(
+      f'config.model.num_classes={wanted}, but config.dataset={config.dataset!r} '
+      f'has {num_classes} classes; set --config.model.num_classes=0 (from the '
+      f'data) or {num_classes}.'
+    )
+  config = config.copy_and_resolve_references()
+  config.model.num_classes = num_classes
+  return config, labels
+
+
 class _Outputs:
   """What the loop writes for each GAN: TensorBoard scalars and images, the
   health monitors, sample grids (WORKDIR/samples) and the finiteness check
@@ -210,7 +239,9 @@ class _Outputs:
     for k, workdir in enumerate(self._gans.workdirs):
       for prefix, variables in generators.items():
         samples = self._samplers[k](ensemble_lib.member(variables, k))
-        grid = figures.make_grid(samples)
+        columns = generate.grid_columns(self._gans.configs[k], len(samples))
+        grid = figures.make_grid(samples, num_cols=columns)  # Conditional: a
+        # row per class.
         tag = 'samples_ema' if prefix else 'samples'
         self.writers[k].write_images(step, {tag: grid[None]})
         if len(samples) > 1 and not prefix:

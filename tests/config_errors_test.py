@@ -65,7 +65,7 @@ def test_every_key_of_the_default_config_is_checked():
     *config_checks._BOOLS,
     # Checked on their own: together with other keys, or as paths.
     'global_batch_size', 'image_size', 'eval_num_samples', 'eval_metrics',
-    'dataset', 'split', 'image_key', 'data_dir', 'cache_dir', 'inception_weights',
+    'dataset', 'split', 'image_key', 'label_key', 'data_dir', 'cache_dir', 'inception_weights',
   }  # fmt: skip
   assert set(_dotted_keys(default_config.get_config())) <= checked
 

@@ -37,6 +37,7 @@ _COUNTS = (
   ('monitor_collapse_warmup_steps', 0, '>= 0'),
   ('eval_every_steps', 0, '>= 0 (0: never)'),
   ('ema_start_step', 0, '>= 0'),
+  ('model.num_classes', 0, '>= 0'),
 )
 # Real-valued keys: (key, low, low included, high, high included); None: no bound.
 _REALS = (
@@ -84,6 +85,7 @@ _BOOLS = (
   'model.g_batchnorm',
   'model.d_batchnorm',
   'model.d_spectral_norm',
+  'conditional',
   'sync_batchnorm',
   'deterministic_gpu',
 )
@@ -150,7 +152,7 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if value is not None and not isinstance(value, bool):
       _fail(key, 'True or False', value)
-  for key in ('dataset', 'split', 'image_key'):
+  for key in ('dataset', 'split', 'image_key', 'label_key'):
     value = _get(config, key)
     if value is not None and (not isinstance(value, str) or not value):
       _fail(key, 'a non-empty string', value)
@@ -211,7 +213,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
 
 
 def check_objective(config: ml_collections.ConfigDict) -> None:
-  """The loss against the keys it rules out."""
+  """The loss against the keys it rules out; the class-conditional keys."""
+  if config.model.get('num_classes', 0) and not config.get('conditional', False):
+    raise ConfigError(
+      f'Invalid config: model.num_classes={config.model.num_classes} is for '
+      'class-conditional models; set --config.conditional=True or '
+      '--config.model.num_classes=0.'
+    )
   loss = config.get('loss', 'bce')
   has_bn = config.model.d_batchnorm and config.model.arch in ('dcgan', 'conv28')
   if loss == 'wgan_gp' and has_bn:

@@ -8,10 +8,11 @@ in chunks; `fixed_z_sampler` is the trainer's grid of the run's own sample z;
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import linen as nn
@@ -83,11 +84,15 @@ def reference_variables(
   return {**variables, 'batch_stats': updated['batch_stats']}
 
 
-def reference_z(key_seed: int, z_dim: int, z_dist: str) -> jax.Array:
-  """The fixed reference batch of z for 'reference' mode, from `key_seed`."""
-
+def reference_z(key_seed: int, z_dim: int, z_dist: str, classes: int = 0) -> jax.Array:
+  """The fixed reference batch of z for 'reference' mode, from `key_seed`
+  (with the one-hot labels of a conditional G: as many of each class)."""
   key = jax.random.fold_in(jax.random.key(key_seed), _REFERENCE_KEY_TAG)
-  return models.sample_z(key, REFERENCE_BATCH, z_dim, z_dist)
+  z = models.sample_z(key, REFERENCE_BATCH, z_dim, z_dist)
+  if not classes:
+    return z
+  labels = np.arange(REFERENCE_BATCH) % classes
+  return jnp.concatenate([z, jax.nn.one_hot(labels, classes, dtype=z.dtype)], -1)
 
 
 def _generator(config: ml_collections.ConfigDict) -> nn.Module:
@@ -112,7 +117,9 @@ def generator_fn(
     raise ValueError(f'batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}.')
   generator = _generator(config)
   if batchnorm == 'reference':
-    z_ref = reference_z(config.seed, config.model.z_dim, config.model.z_dist)
+    z_ref = reference_z(
+      config.seed, config.model.z_dim, config.model.z_dist, num_classes(config)
+    )
     variables = reference_variables(generator, variables, z_ref)
     batchnorm = 'running'
   fn = jax.jit(functools.partial(generate, generator, batchnorm=batchnorm))
@@ -138,21 +145,81 @@ def images(
   return np.concatenate(chunks)
 
 
-def sample_z(config: ml_collections.ConfigDict, key: jax.Array, num: int) -> jax.Array:
-  """`num` z of the run's z dimension and distribution from `key`."""
-  return models.sample_z(key, num, config.model.z_dim, config.model.z_dist)
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """Classes of a conditional run's G (0: unconditional)."""
+  return config.model.get('num_classes', 0)
 
 
-def run_z(config: ml_collections.ConfigDict, num: int, seed: int | None = None):
+def default_labels(config: ml_collections.ConfigDict, num: int) -> np.ndarray | None:
+  """The classes asked of a conditional G when none are given: as many of
+  each (up to one), in blocks, class 0 first: a grid with
+  `grid_columns` columns has a row per class. None if unconditional."""
+  classes = num_classes(config)
+  if not classes:
+    return None
+  return np.repeat(np.arange(classes), -(-num // classes))[:num].astype(np.int32)
+
+
+def grid_columns(config: ml_collections.ConfigDict, num: int) -> int | None:
+  """Columns of a grid of `num` samples with `default_labels`: one row per
+  class for a conditional run; None (square) otherwise."""
+  classes = num_classes(config)
+  return -(-num // classes) if classes else None
+
+
+def with_labels(
+  config: ml_collections.ConfigDict, z: jax.Array, labels: Sequence[int] | None = None
+) -> jax.Array:
+  """G's input for z: a conditional G's is [z, one-hot label] (`labels`,
+  default `default_labels`); an unconditional G's is z. A ValueError (one
+  line, what to pass) for labels an unconditional G or the classes cannot
+  take."""
+  classes = num_classes(config)
+  if not classes:
+    if labels is not None:
+      raise ValueError(
+        'This run is not class-conditional (config.conditional=False): leave '
+        'out --labels.'
+      )
+    return z
+  labels = default_labels(config, len(z)) if labels is None else np.asarray(labels)
+  if labels.shape != (len(z),) or labels.min() < 0 or labels.max() >= classes:
+    raise ValueError(
+      f'--labels must be class numbers in [0, {classes}), one per sample; got '
+      f'{labels.tolist()[:10]}{"..." if len(labels) > 10 else ""}.'
+    )
+  onehot = jax.nn.one_hot(labels, classes, dtype=jnp.float32)
+  return jnp.concatenate([jnp.asarray(z, jnp.float32), onehot], axis=-1)
+
+
+def sample_z(
+  config: ml_collections.ConfigDict,
+  key: jax.Array,
+  num: int,
+  labels: Sequence[int] | None = None,
+) -> jax.Array:
+  """`num` inputs of the run's G from `key`: z of its dimension and
+  distribution, with the one-hot `labels` of a conditional G appended
+  (`with_labels`)."""
+  z = models.sample_z(key, num, config.model.z_dim, config.model.z_dist)
+  return with_labels(config, z, labels)
+
+
+def run_z(
+  config: ml_collections.ConfigDict,
+  num: int,
+  seed: int | None = None,
+  labels: Sequence[int] | None = None,
+):
   """The z of the run's sample key (that of `seed` instead, if given): the
   z of the trainer's sample grids and of the sample command."""
   root_key = jax.random.key(config.seed if seed is None else seed)
-  return sample_z(config, split_root_key(root_key)[2], num)
+  return sample_z(config, split_root_key(root_key)[2], num, labels)
 
 
 def eval_z(config: ml_collections.ConfigDict, num: int, seed: int = 0) -> jax.Array:
   """The z of evaluation: from fold_in(key(seed), 'eval'), so never the
-  training run's own z."""
+  training run's own z (a conditional G's with `default_labels`)."""
   return sample_z(config, jax.random.fold_in(jax.random.key(seed), _EVAL_KEY_TAG), num)
 
 
@@ -160,9 +227,13 @@ def fixed_z_sampler(
   config: ml_collections.ConfigDict,
 ) -> Callable[[dict[str, Any]], np.ndarray]:
   """G's variables -> uint8 samples G(z) [N, H, W, C] for the run's fixed z
-  (config.num_sample_images of them), compiled once for the whole run."""
+  (config.num_sample_images of them; for a conditional run, rounded up to
+  a row per class of `grid_columns`), compiled once for the whole run."""
   generator = _generator(config)
-  z = run_z(config, config.num_sample_images)
+  num = config.num_sample_images
+  if num_classes(config):
+    num = num_classes(config) * grid_columns(config, num)
+  z = run_z(config, num)
   generate_fn = jax.jit(
     functools.partial(generate, generator, batchnorm=config.sample_batchnorm)
   )

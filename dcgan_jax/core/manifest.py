@@ -62,6 +62,9 @@ INTRODUCED_KEYS = {
   'ema_start_step': 0,
   'model.init': 'normal',
   'model.d_spectral_norm': False,
+  'conditional': False,
+  'label_key': 'label',
+  'model.num_classes': 0,
 }
 _PACKAGES = (
   'jax',

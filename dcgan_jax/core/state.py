@@ -108,6 +108,7 @@ def create_state(
     {'params': d_key, 'dropout': dropout_key},
     jnp.zeros((1, *image_shape)),
     train=False,
+    **_label_args(discriminator),
   )
   return GANState(
     step=jnp.zeros((), jnp.int32),
@@ -125,6 +126,13 @@ def create_state(
   )
 
 
+def _label_args(discriminator: nn.Module) -> dict[str, jax.Array]:
+  """The labels a conditional D's `init` takes (class 0: any will do)."""
+  if getattr(discriminator, 'num_classes', 0):
+    return {'labels': jnp.zeros((1,), jnp.int32)}
+  return {}
+
+
 def _copy(tree: PyTree) -> PyTree:
   """Fresh buffers: state leaves are donated, so no two may share one."""
   return jax.tree.map(jnp.copy, tree)
@@ -139,7 +147,8 @@ def initial_state(config: ml_collections.ConfigDict) -> GANState:
     g_tx,
     d_tx,
     init_key,
-    z_dim=config.model.z_dim,
+    # A conditional G's input is [z, one-hot label].
+    z_dim=config.model.z_dim + config.model.get('num_classes', 0),
     image_shape=(config.image_size, config.image_size, config.num_channels),
     ema=config.get('ema_decay', 0.0) > 0,
   )
@@ -156,7 +165,10 @@ def initial_d_variables(config: ml_collections.ConfigDict) -> dict[str, PyTree]:
   _, d_key, dropout_key = jax.random.split(init_key, 3)
   shape = (1, config.image_size, config.image_size, config.num_channels)
   variables = discriminator.init(
-    {'params': d_key, 'dropout': dropout_key}, jnp.zeros(shape), train=False
+    {'params': d_key, 'dropout': dropout_key},
+    jnp.zeros(shape),
+    train=False,
+    **_label_args(discriminator),
   )
   return {
     'params': variables['params'],

@@ -90,6 +90,8 @@ class StepHyper:
   # steps before which it copies G instead of averaging.
   ema_decay: float = 0.0
   ema_start_step: int = 0
+  # > 0: class-conditional G and D; G's input is [z, one-hot label].
+  num_classes: int = 0
 
 
 def make_step_config(
@@ -113,13 +115,17 @@ def make_step_config(
     simultaneous=config.get('update_order', 'sequential') == 'simultaneous',
     ema_decay=config.get('ema_decay', 0.0),
     ema_start_step=config.get('ema_start_step', 0),
+    num_classes=config.model.get('num_classes', 0),
   )
 
 
 class Noise(NamedTuple):
-  z: jax.Array  # [local batch, z_dim]: this device's slice of the global z.
+  # [local batch, z_dim (+ classes)]: this device's slice of the global z,
+  # with the one-hot labels of the fake images for a conditional G.
+  z: jax.Array
   dropout_keys: jax.Array  # [3]: D on real, D on fake, D in G's update.
   mix: jax.Array  # [local batch]: WGAN-GP's interpolation weights.
+  fake_labels: jax.Array | None = None  # [local batch] class indices.
 
 
 def _noise(
@@ -139,16 +145,24 @@ def _noise(
   mix = jax.random.uniform(jax.random.fold_in(step_key, 1), (global_batch,))
   # Dropout (only in 'tf_tutorial' D) is drawn per device.
   dropout_keys = jax.random.split(jax.random.fold_in(dropout_key, device_index), 3)
-  return Noise(my_slice(z), dropout_keys, my_slice(mix))
+  if not hyper.num_classes:
+    return Noise(my_slice(z), dropout_keys, my_slice(mix))
+  labels = jax.random.randint(
+    jax.random.fold_in(step_key, 2), (global_batch,), 0, hyper.num_classes
+  )
+  z = jnp.concatenate([z, jax.nn.one_hot(labels, hyper.num_classes)], axis=-1)
+  return Noise(my_slice(z), dropout_keys, my_slice(mix), my_slice(labels))
 
 
-def _apply_d(hyper, d_params, batch_stats, x, dropout_key):
+def _apply_d(hyper, d_params, batch_stats, x, dropout_key, labels=None):
+  kwargs = {'labels': labels} if hyper.num_classes else {}
   logits, new_vars = hyper.discriminator.apply(
     {'params': d_params, 'batch_stats': batch_stats},
     x,
     train=True,
     rngs={'dropout': dropout_key},
     mutable=['batch_stats'],
+    **kwargs,
   )
   return logits, new_vars.get('batch_stats', {})
 
@@ -165,13 +179,15 @@ def _apply_if(ok: jax.Array, new: GANState, old: GANState) -> GANState:
   return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-def _penalty(hyper, d_params, batch_stats, images, fake, noise) -> jax.Array:
-  """gp_weight * WGAN-GP's gradient penalty (0 for the other losses)."""
+def _penalty(hyper, d_params, batch_stats, images, fake, noise, labels) -> jax.Array:
+  """gp_weight * WGAN-GP's gradient penalty (0 for the other losses); a
+  conditional D sees the interpolates with the real images' labels."""
   if hyper.loss != 'wgan_gp':
     return jnp.zeros((), jnp.float32)
 
   def critic(x):
-    return _apply_d(hyper, d_params, batch_stats, x, noise.dropout_keys[0])[0]
+    key = noise.dropout_keys[0]
+    return _apply_d(hyper, d_params, batch_stats, x, key, labels)[0]
 
   return hyper.gp_weight * losses.gradient_penalty(
     critic, images, jax.lax.stop_gradient(fake), noise.mix
@@ -237,6 +253,7 @@ def d_update(
   *,
   hyper: StepHyper,
   axis_name: str = 'batch',
+  labels: jax.Array | None = None,
 ) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
   """One optimizer step of D on `hyper.loss` (paper: BCE(D(x), real_label)
   + BCE(D(fake), 0)).
@@ -250,13 +267,15 @@ def d_update(
 
   def loss_fn(d_params):
     real_logits, stats = _apply_d(
-      hyper, d_params, state.d_batch_stats, images, noise.dropout_keys[0]
+      hyper, d_params, state.d_batch_stats, images, noise.dropout_keys[0], labels
     )
-    fake_logits, stats = _apply_d(hyper, d_params, stats, fake, noise.dropout_keys[1])
+    fake_logits, stats = _apply_d(
+      hyper, d_params, stats, fake, noise.dropout_keys[1], noise.fake_labels
+    )
     loss = losses.d_loss(
       hyper.loss, real_logits, fake_logits, real_label=hyper.real_label
     )
-    loss += _penalty(hyper, d_params, stats, images, fake, noise)
+    loss += _penalty(hyper, d_params, stats, images, fake, noise, labels)
     return loss, (stats, real_logits, fake_logits)
 
   (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(
@@ -283,6 +302,7 @@ def g_update(
   *,
   hyper: StepHyper,
   axis_name: str = 'batch',
+  fake_labels: jax.Array | None = None,
 ) -> tuple[GANState, dict[str, jax.Array], jax.Array]:
   """One optimizer step of G on `hyper.loss`'s G loss (paper: the
   non-saturating BCE(D(G(z)), 1)).
@@ -293,7 +313,9 @@ def g_update(
   """
 
   def loss_fn(fake):
-    logits, _ = _apply_d(hyper, state.d_params, state.d_batch_stats, fake, dropout_key)
+    logits, _ = _apply_d(
+      hyper, state.d_params, state.d_batch_stats, fake, dropout_key, fake_labels
+    )
     return losses.g_loss(hyper.loss, logits), logits
 
   (loss, logits), fake_grads = jax.value_and_grad(loss_fn, has_aux=True)(fake)
@@ -313,6 +335,7 @@ def simultaneous_update(
   *,
   hyper: StepHyper,
   axis_name: str = 'batch',
+  labels: jax.Array | None = None,
 ):
   """D's and G's optimizer steps from one pass of D over real and fake (the
   TensorFlow tutorial's step): both gradients are taken at the current D,
@@ -320,9 +343,11 @@ def simultaneous_update(
 
   def d_forward(d_params, fake):
     real_logits, stats = _apply_d(
-      hyper, d_params, state.d_batch_stats, images, noise.dropout_keys[0]
+      hyper, d_params, state.d_batch_stats, images, noise.dropout_keys[0], labels
     )
-    fake_logits, stats = _apply_d(hyper, d_params, stats, fake, noise.dropout_keys[1])
+    fake_logits, stats = _apply_d(
+      hyper, d_params, stats, fake, noise.dropout_keys[1], noise.fake_labels
+    )
     return (real_logits, fake_logits), stats
 
   (real_logits, fake_logits), d_vjp, stats = jax.vjp(
@@ -335,7 +360,7 @@ def simultaneous_update(
   d_grads, _ = d_vjp(d_cotangents)
   if hyper.loss == 'wgan_gp':
     penalty, penalty_grads = jax.value_and_grad(
-      lambda p: _penalty(hyper, p, stats, images, fake, noise)
+      lambda p: _penalty(hyper, p, stats, images, fake, noise, labels)
     )(state.d_params)
     d_loss += penalty
     d_grads = jax.tree.map(jnp.add, d_grads, penalty_grads)
@@ -367,12 +392,15 @@ def train_step(
   state: GANState,
   images: jax.Array,
   train_key: jax.Array,
+  labels: jax.Array | None = None,
   *,
   hyper: StepHyper,
   axis_name: str = 'batch',
 ) -> tuple[GANState, TrainMetrics]:
   """One D update on a real and a fake batch, then one G update (or both at
-  once with `hyper.simultaneous`), then G's moving average.
+  once with `hyper.simultaneous`), then G's moving average. A conditional
+  GAN takes the real images' class `labels` [local batch]; the fake ones'
+  are drawn uniformly with z.
 
   Runs inside `pmap` over `axis_name`. z is drawn for the global batch from
   `fold_in(train_key, step)` and each device takes its slice, so the result
@@ -402,10 +430,11 @@ def train_step(
       noise,
       hyper=hyper,
       axis_name=axis_name,
+      labels=labels,
     )
   else:
     state, d_out, d_ok = d_update(
-      state, images, fake, noise, hyper=hyper, axis_name=axis_name
+      state, images, fake, noise, hyper=hyper, axis_name=axis_name, labels=labels
     )
     state, g_out, g_ok = g_update(
       state,
@@ -415,6 +444,7 @@ def train_step(
       noise.dropout_keys[2],
       hyper=hyper,
       axis_name=axis_name,
+      fake_labels=noise.fake_labels,
     )
     outputs = d_out | g_out
   outputs = jax.lax.pmean(outputs, axis_name)
@@ -442,9 +472,14 @@ def make_ensemble_step(hyper: StepHyper, num_seeds: int, ensemble: str):
   if ensemble == 'vmap':
     return jax.vmap(step)
 
-  def unrolled(states, images, train_keys):
+  def unrolled(states, images, train_keys, labels=None):
     outputs = [
-      step(jax.tree.map(lambda x, k=k: x[k], states), images[k], train_keys[k])
+      step(
+        jax.tree.map(lambda x, k=k: x[k], states),
+        images[k],
+        train_keys[k],
+        None if labels is None else labels[k],
+      )
       for k in range(num_seeds)
     ]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)

@@ -299,6 +299,27 @@ def host_batches(
   return _prefetched(make, start_step, prefetch)
 
 
+def host_labels(
+  labels: np.ndarray,
+  *,
+  seed: int,
+  global_batch_size: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[np.ndarray]:
+  """The class labels (int32) of `host_batches`' images, batch for batch:
+  the same `batch_indices` and this host's rows of them."""
+  check_batching(len(labels), global_batch_size, process_count)
+  per_host = global_batch_size // process_count
+  lo = process_index * per_host
+  for step in _count(start_step):
+    indices = batch_indices(
+      step, seed=seed, num_examples=len(labels), global_batch_size=global_batch_size
+    )
+    yield np.asarray(labels[indices[lo : lo + per_host]], np.int32)
+
+
 # --------------------------------------------------------------------------
 # Validation and batching helpers.
 
@@ -610,6 +631,30 @@ def _list_folder(path: str) -> tuple[tuple[str, int], ...]:
       'config.dataset="folder:PATH".'
     )
   return tuple(sorted(found, key=lambda item: item[0].split(os.sep)))
+
+
+def folder_labels(path: str) -> tuple[np.ndarray, int]:
+  """(labels int32 [N], num_classes) of a 'folder:' data set with one
+  subfolder per class: an image's label is its top-level subfolder's rank
+  in sorted order, row i that of row i of `load_images` (same listing). A
+  ValueError, saying what to change, where images lie outside subfolders
+  or there is a single class."""
+  listing = _list_folder(path)
+  tops = [name.split(os.sep, 1) for name, _ in listing]
+  loose = [parts[0] for parts in tops if len(parts) == 1]
+  if loose:
+    raise ValueError(
+      f'{path} has images outside class subfolders (e.g. {loose[0]}): labels '
+      'come from one subfolder per class; move them into one.'
+    )
+  classes = sorted({parts[0] for parts in tops})
+  if len(classes) < 2:
+    raise ValueError(
+      f'{path} has one subfolder ({classes[0]}): labels need one subfolder per '
+      'class, at least two.'
+    )
+  rank = {name: i for i, name in enumerate(classes)}
+  return np.array([rank[parts[0]] for parts in tops], np.int32), len(classes)
 
 
 def _load_folder(
@@ -1093,6 +1138,7 @@ def load_labels(
   data_dir: str | None = None,
   download: bool = True,
   label_key: str = 'label',
+  folder_classes: bool = False,
 ) -> tuple[np.ndarray, int]:
   """(labels int32 [N], num_classes) of a labelled data set ('digits', 'mnist',
   'idx:DIR', ...).
@@ -1101,12 +1147,15 @@ def load_labels(
   split: both read the files in order without shuffling. For 'idx:DIR' the
   labels file of the split (see `idx.idx_file`); num_classes is 10 (the MNIST
   family), or the largest label + 1 where that is more (e.g. EMNIST). A
-  ValueError for 'folder:' data sets and for TFDS data sets without a
-  ClassLabel `label_key`.
+  ValueError for TFDS data sets without a ClassLabel `label_key` and for
+  'folder:' data sets, unless `folder_classes` says that their subfolders
+  are classes (`folder_labels`).
   """
   kind, name, _ = _parse_dataset(dataset)
   if kind == 'folder':
-    raise ValueError(f'{dataset!r} is a folder of images: it has no labels.')
+    if not folder_classes:  # Subfolders may be shards, not classes.
+      raise ValueError(f'{dataset!r} is a folder of images: it has no labels.')
+    return folder_labels(name)
   if kind == 'idx':
     labels = idx.idx_labels(name, split)
     return labels, max(10, int(labels.max(initial=-1)) + 1)

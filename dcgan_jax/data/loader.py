@@ -76,6 +76,27 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
     raise ConfigError(f'Cannot load config.dataset={config.dataset!r}: {e}') from e
 
 
+def load_labels(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
+  """(class labels int32 [N], number of classes) of the training images,
+  row for row; every process reads them itself (they are small). A
+  ConfigError that says what to change where the data set has none."""
+  try:
+    labels, num_classes = input_pipeline.load_labels(
+      dataset=config.dataset,
+      split=config.split,
+      data_dir=config.data_dir,
+      download=config.download,
+      label_key=config.get('label_key', 'label'),
+      folder_classes=True,
+    )
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(
+      f'config.conditional=True needs class labels, and config.dataset='
+      f'{config.dataset!r} has none we can read: {e}'
+    ) from e
+  return labels, num_classes
+
+
 def cache_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """The local directory of the disk cache: config.cache_dir, else
   WORKDIR/data_cache for a local workdir, LOCAL_CACHE_DIR for a URL."""

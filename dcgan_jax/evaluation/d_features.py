@@ -113,6 +113,12 @@ def _pooled_features(discriminator: nn.Module, variables: Any, x: jax.Array):
 
 
 def discriminator_for(config: ml_collections.ConfigDict) -> nn.Module:
+  if config.model.get('num_classes', 0):
+    raise ValueError(
+      "This run's D is class-conditional (config.conditional=True): its "
+      'features depend on the label given with each image, so there are no '
+      'label-free features to read; use an unconditional run.'
+    )
   if config.model.arch == 'mlp':
     raise ValueError(
       "model.arch='mlp' has no convolutions, so it has no convolutional "

@@ -103,6 +103,10 @@ DESCRIPTIONS = {
     '(0.1 / num_classes) of the samples: mode dropping. 0 is best.'
   ),
   'mean_confidence': "Mean of the classifier's top-class probability.",
+  'conditional_accuracy': (
+    'Conditional runs: share of samples the classifier reads as the class '
+    'G was asked for (as many samples of each class). 1 is best.'
+  ),
   'classifier_test_accuracy': (
     'Accuracy of the classifier on held-out real training images (not seen '
     'when it was fit).'
@@ -166,6 +170,9 @@ def load_labels(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
       split=config.split,
       data_dir=config.data_dir,
       download=config.download,
+      label_key=config.get('label_key', 'label'),
+      # A conditional run was trained on its folder's subfolders as classes.
+      folder_classes=config.get('conditional', False),
     )
   except ValueError as e:
     raise ValueError(
@@ -257,8 +264,11 @@ def classifier_metrics(
   training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
   *,
   memory_limit: int | None = None,
+  requested: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(metrics, details) of uint8 samples read by the project's classifier.
+  """(metrics, details) of uint8 samples read by the project's classifier;
+  with the classes `requested` of a conditional G's samples, also the share
+  read as their requested class (`conditional_accuracy`).
 
   The real images' feature statistics are a streamed pass over all of them
   (float64 sums on host), cached in W/eval/classifier/real_stats.npz.
@@ -297,6 +307,9 @@ def classifier_metrics(
     'mean_confidence': float(probs.max(axis=1).mean()),
     'classifier_test_accuracy': classifier.test_accuracy,
   }
+  if requested is not None:
+    hits = probs.argmax(axis=1) == np.asarray(requested)
+    metrics['conditional_accuracy'] = float(hits.mean())
   details = {'fingerprint': classifier.fingerprint, 'cached': classifier.cached}
   return metrics, {**details, 'memory': memory_details}
 
@@ -440,8 +453,10 @@ def compute_metrics(
   classifier_training: label_classifier.ClassifierTraining = DEFAULT_TRAINING,
   seed: int = 0,
   memory_limit: int | None = None,
+  requested: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(metrics, details per metric group) of uint8 images [N, S, S, C].
+  """(metrics, details per metric group) of uint8 images [N, S, S, C]
+  (drawn for the classes `requested` by a conditional G).
 
   Each metric group first logs its estimated peak memory and stops with a
   `memory.MemoryLimitError` if that exceeds `memory_limit` (bytes; None:
@@ -455,7 +470,7 @@ def compute_metrics(
     with progress.timed("Metric 'classifier'"):
       v, details['classifier'] = classifier_metrics(
         workdir, config, images, real_images, classifier_training,
-        memory_limit=memory_limit,
+        memory_limit=memory_limit, requested=requested,
       )  # fmt: skip
     values.update(v)
   if 'inception' in metrics:
@@ -479,7 +494,7 @@ def memorization_estimate(
   `chunk_rows` training rows at once."""
   image_shape = (config.image_size, config.image_size, config.num_channels)
   num_features, workspace = None, 0
-  if config.model.arch != 'mlp':
+  if config.model.arch != 'mlp' and not generate.num_classes(config):
     num_features = d_features.feature_count(config)
     workspace = d_features.workspace_bytes(config)
   pairs = min(MEMORIZATION_TRAIN_PAIRS, num_train)
@@ -530,7 +545,8 @@ def memorization_metrics(
       break
   memory_details = memory.check(estimate, limit)
   features = {}
-  if config.model.arch != 'mlp':  # D without convolutions: pixels only.
+  # D without convolutions, or one that needs labels: pixels only.
+  if config.model.arch != 'mlp' and not generate.num_classes(config):
     d_variables = {'params': state.d_params, 'batch_stats': state.d_batch_stats}
     d_fn = d_features.features_fn(config, d_variables)
     features = {
@@ -667,6 +683,7 @@ def evaluate_generator(
       classifier_training=classifier_training,
       seed=seed,
       memory_limit=memory_limit,
+      requested=generate.default_labels(config, num_samples),
     )
     per_seed.append(values)
     if seed == seeds[0]:

@@ -7,6 +7,11 @@ All architectures share one calling convention, which the trainer relies on:
   D.apply(variables, x, train=..., rngs={'dropout': key}, mutable=[...])
     x: [B, H, W, C] -> float32 logits [B] (the sigmoid lives in the loss).
 
+A class-conditional pair (`model.num_classes = C > 0`, set by the trainer
+for `config.conditional`) takes G's input as [z, one-hot label], float32
+[B, z_dim + C] (`split_latent`), and D's labels as `labels=` (class
+indices [B] or one-hot [B, C]).
+
 Kernels are drawn from N(0, init_std), biases start at 0, BatchNorm scales at
 N(1, init_std) and shifts at 0, as in the reference DCGAN code. A layer that
 feeds straight into BatchNorm has no bias (BatchNorm's shift replaces it).
@@ -211,11 +216,56 @@ def _maybe_bn(
   return layers.batch_norm(train, name=name)(x) if use_bn else x
 
 
-def _logits(x: jax.Array, layers: LayerSettings, train: bool) -> jax.Array:
-  """Flattens features, maps them to one logit per example: float32 [B]."""
-  x = x.reshape(x.shape[0], -1)
+def _logits(
+  x: jax.Array, layers: LayerSettings, train: bool, onehot: jax.Array | None = None
+) -> jax.Array:
+  """Flattens features (and appends the labels of a conditional D), maps
+  them to one logit per example: float32 [B]."""
+  x = _join(x.reshape(x.shape[0], -1), onehot)
   dense = layers.normed(layers.dense(1, name='logits'), train)
   return dense(x).reshape(-1).astype(jnp.float32)
+
+
+def _join(x: jax.Array, onehot: jax.Array | None) -> jax.Array:
+  """Appends the one-hot labels to features: to vectors [B, D] as more
+  entries, to feature maps [B, H, W, D] as constant maps (the authors'
+  conditional MNIST model's `conv_cond_concat`). Unconditional: `x`."""
+  if onehot is None:
+    return x
+  onehot = onehot.astype(x.dtype)
+  if x.ndim == 2:
+    return jnp.concatenate([x, onehot], axis=-1)
+  maps = jnp.broadcast_to(onehot[:, None, None, :], (*x.shape[:3], onehot.shape[-1]))
+  return jnp.concatenate([x, maps], axis=-1)
+
+
+def split_latent(
+  latent: jax.Array, num_classes: int
+) -> tuple[jax.Array, jax.Array | None]:
+  """(z, one-hot labels) of a conditional G's input [B, z_dim + num_classes]
+  (its last num_classes entries); (latent, None) for an unconditional G."""
+  if not num_classes:
+    return latent, None
+  return latent[:, :-num_classes], latent[:, -num_classes:]
+
+
+def _d_labels(
+  labels: jax.Array | None, num_classes: int, batch: int
+) -> jax.Array | None:
+  """A conditional D's labels as one-hot float32 [B, C] (given as class
+  indices [B] or one-hot); ValueError where they are missing."""
+  if not num_classes:
+    return None
+  if labels is None:
+    raise ValueError(
+      f'This discriminator is class-conditional ({num_classes} classes): pass '
+      'labels=... with the images.'
+    )
+  if labels.ndim == 1:
+    labels = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if labels.shape != (batch, num_classes):
+    raise ValueError(f'labels must be [{batch}] or [{batch}, {num_classes}].')
+  return labels
 
 
 def _check_images(x: jax.Array, image_size: int, num_channels: int) -> None:
@@ -248,18 +298,22 @@ class DCGANGenerator(nn.Module):
   upsample: str = 'transpose'
   resize_method: str = 'nearest'
   batchnorm: bool = True
+  # > 0: class-conditional; the input is [z, one-hot label] and the label
+  # is appended to every hidden layer's feature maps.
+  num_classes: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     bn, ch = self.batchnorm, self.width
-    x = self.layers.dense(4 * 4 * ch, use_bias=not bn, name='project')(z)
+    z, onehot = split_latent(z, self.num_classes)
+    x = self.layers.dense(4 * 4 * ch, use_bias=not bn, name='project')(_join(z, onehot))
     x = x.reshape(z.shape[0], 4, 4, ch)
     x = nn.relu(_maybe_bn(x, self.layers, bn, train, 'project_bn'))
     for i in range(_num_doublings(self.image_size) - 1):
       ch //= 2
-      x = self._upsample(x, ch, use_bias=not bn, name=f'up_{i}')
+      x = self._upsample(_join(x, onehot), ch, use_bias=not bn, name=f'up_{i}')
       x = nn.relu(_maybe_bn(x, self.layers, bn, train, f'up_{i}_bn'))
-    x = self._upsample(x, self.num_channels, use_bias=True, name='out')
+    x = self._upsample(_join(x, onehot), self.num_channels, use_bias=True, name='out')
     return jnp.tanh(x.astype(jnp.float32))
 
   def _upsample(
@@ -290,11 +344,18 @@ class DCGANDiscriminator(nn.Module):
   width: int
   kernel_size: int = 5
   batchnorm: bool = True
+  # > 0: class-conditional; the labels are appended to the input, to every
+  # hidden layer's feature maps and to the last features.
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, labels: jax.Array | None = None
+  ) -> jax.Array:
     _check_images(x, self.image_size, self.num_channels)
+    onehot = _d_labels(labels, self.num_classes, x.shape[0])
     for i in range(_num_doublings(self.image_size)):
+      x = _join(x, onehot)
       use_bn = self.batchnorm and i > 0
       conv = self.layers.conv(
         self.width * 2**i,
@@ -306,7 +367,7 @@ class DCGANDiscriminator(nn.Module):
       x = self.layers.normed(conv, train)(x)
       x = _maybe_bn(x, self.layers, use_bn, train, f'conv_{i}_bn')
       x = self.layers.leaky_relu(x)
-    return _logits(x, self.layers, train)
+    return _logits(x, self.layers, train, onehot)
 
 
 # ----------------------------------------------------------- tf_tutorial ---
@@ -324,11 +385,13 @@ class TFTutorialGenerator(nn.Module):
   layers: LayerSettings
   num_channels: int
   batchnorm: bool = True
+  num_classes: int = 0  # > 0: the input is [z, one-hot label].
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     bn, lyr = self.batchnorm, self.layers
-    x = lyr.dense(7 * 7 * 256, use_bias=not bn, name='project')(z)
+    z, onehot = split_latent(z, self.num_classes)
+    x = lyr.dense(7 * 7 * 256, use_bias=not bn, name='project')(_join(z, onehot))
     # As in Keras, BatchNorm normalises each of the 12544 Dense units, before
     # the reshape (not per channel, as the 'dcgan' generator does).
     x = lyr.leaky_relu(_maybe_bn(x, lyr, bn, train, 'project_bn'))
@@ -352,16 +415,21 @@ class TFTutorialDiscriminator(nn.Module):
   layers: LayerSettings
   num_channels: int
   dropout_rate: float = 0.3
+  num_classes: int = 0  # > 0: labels joined to the input and last features.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, labels: jax.Array | None = None
+  ) -> jax.Array:
     _check_images(x, 28, self.num_channels)
+    onehot = _d_labels(labels, self.num_classes, x.shape[0])
+    x = _join(x, onehot)
     lyr = self.layers
     for i, ch in enumerate((64, 128)):
       conv = lyr.normed(lyr.conv(ch, 5, strides=2, name=f'conv_{i}'), train)
       x = lyr.leaky_relu(conv(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return _logits(x, lyr, train)
+    return _logits(x, lyr, train, onehot)
 
 
 # ---------------------------------------------------------------- conv28 ---
@@ -377,10 +445,12 @@ class Conv28Generator(nn.Module):
   layers: LayerSettings
   num_channels: int
   batchnorm: bool = True
+  num_classes: int = 0  # > 0: the input is [z, one-hot label].
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     bn, lyr = self.batchnorm, self.layers
+    z = _join(*split_latent(z, self.num_classes))
     x = z.reshape(z.shape[0], 1, 1, z.shape[-1])
     x = lyr.conv_transpose(256, 7, padding='VALID', use_bias=not bn, name='up_0')(x)
     x = nn.relu(_maybe_bn(x, lyr, bn, train, 'up_0_bn'))
@@ -400,15 +470,21 @@ class Conv28Discriminator(nn.Module):
   layers: LayerSettings
   num_channels: int
   batchnorm: bool = True
+  num_classes: int = 0  # > 0: labels joined to the input and the 7x7 maps.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, labels: jax.Array | None = None
+  ) -> jax.Array:
     _check_images(x, 28, self.num_channels)
+    onehot = _d_labels(labels, self.num_classes, x.shape[0])
+    x = _join(x, onehot)
     bn, lyr = self.batchnorm, self.layers
     x = lyr.leaky_relu(lyr.normed(lyr.conv(128, 5, strides=2, name='conv_0'), train)(x))
     conv = lyr.conv(256, 5, strides=2, use_bias=not bn, name='conv_1')
     x = lyr.normed(conv, train)(x)
     x = lyr.leaky_relu(_maybe_bn(x, lyr, bn, train, 'conv_1_bn'))
+    x = _join(x, onehot)
     x = lyr.normed(lyr.conv(1, 7, padding='VALID', name='logits'), train)(x)
     return x.reshape(-1).astype(jnp.float32)
 
@@ -423,11 +499,13 @@ class MLPGenerator(nn.Module):
   image_size: int
   num_channels: int
   hidden: int = 128
+  num_classes: int = 0  # > 0: the input is [z, one-hot label].
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     del train  # No BatchNorm or dropout.
     size, ch = self.image_size, self.num_channels
+    z = _join(*split_latent(z, self.num_classes))
     x = nn.relu(self.layers.dense(self.hidden, name='hidden')(z))
     x = jnp.tanh(self.layers.dense(size * size * ch, name='out')(x).astype(jnp.float32))
     return x.reshape(z.shape[0], size, size, ch)
@@ -440,13 +518,17 @@ class MLPDiscriminator(nn.Module):
   image_size: int
   num_channels: int
   hidden: int = 128
+  num_classes: int = 0  # > 0: labels joined to the input and hidden units.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, train: bool = False, labels: jax.Array | None = None
+  ) -> jax.Array:
     _check_images(x, self.image_size, self.num_channels)
-    x = x.reshape(x.shape[0], -1)
+    onehot = _d_labels(labels, self.num_classes, x.shape[0])
+    x = _join(x.reshape(x.shape[0], -1), onehot)
     hidden = self.layers.normed(self.layers.dense(self.hidden, name='hidden'), train)
-    return _logits(nn.relu(hidden(x)), self.layers, train)
+    return _logits(nn.relu(hidden(x)), self.layers, train, onehot)
 
 
 # ------------------------------------------------------------ public API ---
@@ -538,9 +620,13 @@ def create_models(
     lyr, spectral_norm=model_config.get('d_spectral_norm', False)
   )
   g_bn, d_bn, c = model_config.g_batchnorm, model_config.d_batchnorm, num_channels
+  k = model_config.get('num_classes', 0)
   if model_config.arch == 'dcgan':
     conv = dict(
-      image_size=image_size, num_channels=c, kernel_size=model_config.kernel_size
+      image_size=image_size,
+      num_channels=c,
+      kernel_size=model_config.kernel_size,
+      num_classes=k,
     )
     return (
       DCGANGenerator(
@@ -555,17 +641,22 @@ def create_models(
     )
   if model_config.arch == 'tf_tutorial':
     return (
-      TFTutorialGenerator(lyr, num_channels=c, batchnorm=g_bn),
+      TFTutorialGenerator(lyr, num_channels=c, batchnorm=g_bn, num_classes=k),
       TFTutorialDiscriminator(
-        d_lyr, num_channels=c, dropout_rate=model_config.dropout_rate
+        d_lyr, num_channels=c, dropout_rate=model_config.dropout_rate, num_classes=k
       ),
     )
   if model_config.arch == 'conv28':
     return (
-      Conv28Generator(lyr, num_channels=c, batchnorm=g_bn),
-      Conv28Discriminator(d_lyr, num_channels=c, batchnorm=d_bn),
+      Conv28Generator(lyr, num_channels=c, batchnorm=g_bn, num_classes=k),
+      Conv28Discriminator(d_lyr, num_channels=c, batchnorm=d_bn, num_classes=k),
     )
-  mlp = dict(image_size=image_size, num_channels=c, hidden=model_config.mlp_hidden)
+  mlp = dict(
+    image_size=image_size,
+    num_channels=c,
+    hidden=model_config.mlp_hidden,
+    num_classes=k,
+  )
   return MLPGenerator(lyr, **mlp), MLPDiscriminator(d_lyr, **mlp)
 
 
