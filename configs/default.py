@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Data --------------------------------------------------------------
   # A TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom',
   # 'downsampled_imagenet/64x64', ...), 'digits' (scikit-learn's bundled
-  # 8x8 digits, built as a local TFDS data set), 'folder:/path/to/images'
+  # 8x8 digits, built as a local TFDS data set), 'scenes' (synthetic rooms
+  # with windows at known boxes, also built locally), 'folder:/path/to/images'
   # (a directory tree of PNG/JPEG/BMP/GIF images) or 'idx:DIR' (MNIST-format
   # IDX files: train-* for split 'train', t10k-* for 'test'). The folder and
   # DIR may be gs:// URLs ('folder:gs://bucket/images').

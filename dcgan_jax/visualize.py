@@ -6,6 +6,7 @@
   python -m dcgan_jax.visualize movie --workdir=W [--fps=4]
   python -m dcgan_jax.visualize guided_backprop --workdir=W [--layer=-1] [--units=6]
   python -m dcgan_jax.visualize batchnorm_modes --workdir=W [--small_batch=2]
+  python -m dcgan_jax.visualize forget --workdir=W [--layer=NAME] [--boxes=auto|FILE]
   python -m dcgan_jax.visualize gallery --workdir=W --output=DIR
 
 Every command writes into --output (default W/visualize/) and prints the
@@ -37,7 +38,17 @@ of the batch being drawn: images depend on each other).
   about 1 for white noise).
 - batchnorm_modes: the same z in each BatchNorm mode, plus 'batch' mode in
   batches of `small_batch`, with each panel's difference from 'running'.
-- gallery: all of the above with fixed choices, into one directory.
+- forget: the paper's section 6.3.1 for any object a detector or boxes
+  locate: G's `num` sheet samples (z seed `seed`), their object boxes (the
+  data set's detector, or --boxes), a logistic regression from G's layer
+  `layer` to inside-a-box, and the same z drawn again with the maps of
+  positive weight zeroed (see dcgan_jax/evaluation/forgetting.py): pairs
+  with and without them (PNG), and a JSON of the maps dropped, the
+  regression's held-out accuracy, the detector's hit rate before and after
+  and the pixel change inside and outside the boxes, and the same for as
+  many maps drawn at random (a control).
+- gallery: all of the above but forget, with fixed choices, into one
+  directory.
 """
 
 from __future__ import annotations
@@ -59,8 +70,8 @@ from PIL import Image, ImageDraw
 from dcgan_jax import cli
 from dcgan_jax.core import generate, rundir
 from dcgan_jax.core import state as state_lib
-from dcgan_jax.data import input_pipeline, loader
-from dcgan_jax.evaluation import d_features
+from dcgan_jax.data import input_pipeline, loader, scenes
+from dcgan_jax.evaluation import d_features, forgetting
 from dcgan_jax.util import figures, files, progress
 
 OUTPUT_DIR = 'visualize'
@@ -68,7 +79,8 @@ OUTPUT_DIR = 'visualize'
 _OUTPUT_NAMES = re.compile(
   r'(sheet_seed\d+\.(png|npz)|interpolate(_.+\.png|\.gif)|arithmetic_.+\.png'
   r'|training\.gif|guided_backprop_layer-?\d+\.(png|json)'
-  r'|batchnorm_modes\.(png|json)|gallery\.json)(\.tmp-.*)?'
+  r'|batchnorm_modes\.(png|json)|gallery\.json'
+  r'|forget_.+_seed\d+\.(png|json)|forget_boxes_seed\d+\.json)(\.tmp-.*)?'
 )
 
 
@@ -543,6 +555,169 @@ def batchnorm_modes(
   return [png, json_path]
 
 
+_BOXES_FORMAT = (
+  '{"<sample number>": [[top, left, bottom, right], ...], ...} in pixels of '
+  'the generated images (bottom and right exclusive)'
+)
+
+
+def read_boxes(path: str, num: int, image_size: int) -> list[np.ndarray]:
+  """Object boxes per sample from a JSON file of _BOXES_FORMAT (samples
+  not listed have none); a one-line ValueError for anything else."""
+  if not files.isfile(path):
+    raise FileNotFoundError(f'--boxes={path} does not exist; give {_BOXES_FORMAT}.')
+  try:
+    value = files.read_json(path)
+  except ValueError as e:
+    raise ValueError(f'--boxes={path} is not JSON ({e}); give {_BOXES_FORMAT}.') from e
+  if not isinstance(value, dict):
+    raise ValueError(f'--boxes={path} must hold {_BOXES_FORMAT}.')
+  boxes = [np.zeros((0, 4), np.int64) for _ in range(num)]
+  for key, entries in value.items():
+    if not (key.isdigit() and int(key) < num):
+      raise ValueError(
+        f'--boxes={path}: {key!r} is not a sample number in 0..{num - 1} '
+        f'(--num={num}); give {_BOXES_FORMAT}.'
+      )
+    ok = isinstance(entries, list)
+    for box in entries if ok else ():
+      ok = ok and isinstance(box, list) and len(box) == 4
+      ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+      ok = (
+        ok and 0 <= box[0] < box[2] <= image_size and 0 <= box[1] < box[3] <= image_size
+      )
+    if not ok:
+      raise ValueError(
+        f'--boxes={path}: sample {key}: {entries!r} is not a list of boxes '
+        f'[top, left, bottom, right] with 0 <= top < bottom <= {image_size} and '
+        f'0 <= left < right <= {image_size}.'
+      )
+    boxes[int(key)] = np.asarray(entries, np.int64).reshape(-1, 4)
+  return boxes
+
+
+def detector_for(config: ml_collections.ConfigDict) -> forgetting.Detector | None:
+  """The object detector of the run's data set, if it has one."""
+  return scenes.DETECTORS.get(config.get('dataset'))
+
+
+def forget(
+  run: Run,
+  output: str,
+  *,
+  layer: str | None = None,
+  num: int = 100,
+  seed: int = 0,
+  boxes: str = 'auto',
+  shown: int = 24,
+) -> list[str]:
+  """The paper's section 6.3.1 (module docstring): drop the maps of G's
+  `layer` that predict the object and draw the same z again."""
+  if num < 4:
+    raise ValueError(f'forget needs --num >= 4 samples, got {num}.')
+  detector = detector_for(run.config)
+  if boxes == 'auto' and detector is None:
+    raise ValueError(
+      f'--boxes=auto needs a data set with an object detector '
+      f'({", ".join(scenes.DETECTORS)}), but {run.workdir} was trained on '
+      f'config.dataset={run.config.dataset!r}; give --boxes=FILE.json with '
+      f'the boxes of the samples of `visualize sheet --num={num} --seed={seed}`.'
+    )
+  size = run.config.image_size
+  box_list = None if boxes == 'auto' else read_boxes(boxes, num, size)
+  found = forgetting.find_layer(run.config, layer)
+  fn = forgetting.layer_generator(
+    run.config, run.g_variables, found, batchnorm=run.batchnorm
+  )
+  z = run.z(seed, _SHEET_KEY_TAG, num)  # The samples of `sheet`.
+  num_maps = found.shape[-1]
+  with progress.timed(f'G on {num} z, layer {found.name}'):
+    before, features = forgetting.draw(fn, z, forgetting.keep_maps(num_maps))
+  written = []
+  if box_list is None:
+    box_list = forgetting.detection(before, detector)
+    written.append(
+      files.write_json(
+        os.path.join(output, f'forget_boxes_seed{seed}.json'),
+        {str(i): b.tolist() for i, b in enumerate(box_list)},
+      )
+    )
+  maps = forgetting.fit_object_maps(features, box_list, size, seed=seed)
+  # The control: as many maps, drawn at random.
+  random_maps = np.random.default_rng(seed).choice(
+    num_maps, len(maps.dropped), replace=False
+  )
+  drawn = {}
+  for name, dropped in (('object', maps.dropped), ('random', random_maps)):
+    with progress.timed(f'G on {num} z without {len(dropped)} {name} maps'):
+      drawn[name] = forgetting.draw(fn, z, forgetting.keep_maps(num_maps, dropped))[0]
+  report = {
+    'workdir': run.workdir,
+    'step': run.step,
+    'layer': found.name,
+    'layer_shape': list(found.shape),
+    'num_samples': num,
+    'seed': seed,
+    'batchnorm': run.batchnorm,
+    'boxes': boxes,
+    'samples_with_boxes': int(sum(len(b) > 0 for b in box_list)),
+    'dropped_maps': maps.dropped.tolist(),
+    'num_maps': num_maps,
+    'regression': maps.summary(),
+    **forgetting.effects(before, drawn['object'], box_list, detector),
+    'control_random_maps': {
+      'dropped_maps': sorted(random_maps.tolist()),
+      **forgetting.effects(before, drawn['random'], box_list, detector),
+    },
+  }
+  name = f'forget_{found.name}_seed{seed}'
+  files.makedirs(output)
+  figure = _forget_figure(before[:shown], drawn['object'][:shown], detector, report)
+  return [
+    figures.save_image(figure, os.path.join(output, f'{name}.png')),
+    files.write_json(os.path.join(output, f'{name}.json'), report),
+    *written,
+  ]
+
+
+def _forget_figure(
+  before: np.ndarray,
+  after: np.ndarray,
+  detector: forgetting.Detector | None,
+  report: dict[str, Any],
+  num_cols: int = 8,
+) -> Image.Image:
+  """Rows of samples as G draws them, each above the same z without the
+  dropped maps; with a detector, each caption gives the objects found."""
+  rows, labels, row_labels = [], [], []
+  for start in range(0, len(before), num_cols):
+    for name, images in (('G', before), ('dropped', after)):
+      chunk = images[start : start + num_cols]
+      rows.extend(chunk)
+      rows.extend([np.full_like(chunk[0], 255)] * (num_cols - len(chunk)))
+      found = forgetting.detection(chunk, detector) if detector else None
+      labels.extend(
+        (f'#{start + i} ' if name == 'G' else '')
+        + (f'{len(found[i])} found' if found is not None else '')
+        for i in range(len(chunk))
+      )
+      labels.extend([''] * (num_cols - len(chunk)))
+      row_labels.append(name)
+  title = (
+    f'layer {report["layer"]}: {len(report["dropped_maps"])} of '
+    f'{report["num_maps"]} maps dropped (held-out accuracy '
+    f'{report["regression"]["held_out_accuracy"]:.2f})'
+  )
+  if detector is not None:
+    title += ', object found in {:.0%} -> {:.0%} of samples'.format(
+      report['detected_before']['share_of_samples'],
+      report['detected_after']['share_of_samples'],
+    )
+  return figures.labelled_grid(
+    np.stack(rows), labels, num_cols=num_cols, row_labels=row_labels, title=title
+  )
+
+
 def gallery(
   run: Run,
   output: str,
@@ -577,6 +752,7 @@ COMMANDS: dict[str, Callable[..., list[str]]] = {
   'movie': movie,
   'guided_backprop': guided_backprop,
   'batchnorm_modes': batchnorm_modes,
+  'forget': forget,
   'gallery': gallery,
 }
 
@@ -589,7 +765,7 @@ COMMAND.enum(
 )
 COMMAND.enum('generator', 'auto', rundir.GENERATORS, rundir.GENERATOR_HELP)
 COMMAND.integer('seed', 0, 'Seed of the z drawn (sheet, interpolate, ...).')
-COMMAND.integer('num', 100, 'sheet: number of samples.', lower_bound=1)
+COMMAND.integer('num', 100, 'sheet, forget: number of samples.', lower_bound=1)
 COMMAND.integer('pairs', 6, 'interpolate: number of walks.', lower_bound=1)
 COMMAND.integer('steps', 10, 'interpolate: frames per walk.', lower_bound=2)
 COMMAND.string('a', None, 'arithmetic: sheet numbers of concept a (e.g. 3,17,42).')
@@ -599,7 +775,13 @@ COMMAND.integer('sheet_seed', 0, 'arithmetic: --seed of the sheet numbered.')
 COMMAND.integer('sheet_size', 100, 'arithmetic: --num of the sheet numbered.')
 COMMAND.float('noise', 0.25, 'arithmetic: size of the perturbations of z.')
 COMMAND.float('fps', 4, 'interpolate, movie: GIF frames per second.')
-COMMAND.integer('layer', -1, 'guided_backprop: D layer (-1: the last).')
+COMMAND.string(
+  'layer',
+  None,
+  'guided_backprop: index of a D layer (default -1: the last); forget: name '
+  'of a G layer (project, up_0, ...; default: the second-highest, the last '
+  'before the output).',
+)
 COMMAND.integer('units', 6, 'guided_backprop: top units shown.', lower_bound=1)
 COMMAND.integer(
   'images_per_unit', 3, 'guided_backprop: images per unit.', lower_bound=1
@@ -607,7 +789,25 @@ COMMAND.integer(
 COMMAND.integer(
   'small_batch', 2, 'batchnorm_modes: batch size of the small batches.', lower_bound=1
 )
+COMMAND.string(
+  'boxes',
+  'auto',
+  "forget: the object's boxes in the samples: 'auto' (the data set's "
+  'detector) or a JSON file {"<sample>": [[top, left, bottom, right], ...]} '
+  'in pixels, samples numbered as by sheet with the same --num and --seed.',
+)
 COMMAND.required('workdir')
+
+
+def _d_layer(value: str | None) -> int:
+  if value is None:
+    return -1
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(
+      f'guided_backprop: --layer={value} must be the index of a D layer (-1: the last).'
+    ) from None
 
 
 def _visualize(args, command: str) -> None:
@@ -643,13 +843,17 @@ def _visualize(args, command: str) -> None:
     written = guided_backprop(
       run,
       output,
-      layer=args.layer,
+      layer=_d_layer(args.layer),
       units=args.units,
       images_per_unit=args.images_per_unit,
       seed=args.seed,
     )
   elif command == 'batchnorm_modes':
     written = batchnorm_modes(run, output, seed=args.seed, small_batch=args.small_batch)
+  elif command == 'forget':
+    written = forget(
+      run, output, layer=args.layer, num=args.num, seed=args.seed, boxes=args.boxes
+    )
   else:
     kwargs = {k: getattr(args, k) for k in 'abc' if getattr(args, k)}
     written = gallery(run, output, **kwargs)

@@ -77,19 +77,26 @@ CASES = [
     visualize,
     [f'--workdir={W}'],
     'Error: the first argument must be one of sheet, interpolate, arithmetic, '
-    'movie, guided_backprop, batchnorm_modes, gallery; got none.',
+    'movie, guided_backprop, batchnorm_modes, forget, gallery; got none.',
   ),
   (
     visualize,
     ['movies', f'--workdir={W}'],
     'Error: the first argument must be one of sheet, interpolate, arithmetic, '
-    "movie, guided_backprop, batchnorm_modes, gallery; got 'movies'.",
+    "movie, guided_backprop, batchnorm_modes, forget, gallery; got 'movies'.",
   ),
   (
     visualize,
     ['sheet', f'--workdir={W}', '--num=0'],
     'Error: flag --num=0: 0 is not a positive integer '
     '(python -m dcgan_jax.visualize --help lists the flags).',
+  ),
+  (
+    visualize,
+    ['forget', f'--workdir={W}', f'--output={OUT}/vis'],
+    f'Error: --boxes=auto needs a data set with an object detector (scenes), but '
+    f"{W} was trained on config.dataset='digits'; give --boxes=FILE.json with the "
+    'boxes of the samples of `visualize sheet --num=100 --seed=0`.',
   ),
   (
     linear_probe,

@@ -11,6 +11,8 @@ Data sets (`dataset`):
   * a TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom', ...);
   * 'digits': scikit-learn's 8x8 digits, built as the local TFDS data set
     `sklearn_digits` (see digits_dataset.py), then read like any TFDS name;
+  * 'scenes': synthetic rooms with windows at known boxes, drawn offline as
+    the local TFDS data set `synthetic_scenes` (scenes_dataset.py);
   * 'folder:PATH': every .png/.jpg/.jpeg/.bmp/.gif under PATH, recursively
     (case-insensitive extensions; symlinked folders are not followed),
     sorted by relative path component by component; GIFs give their first
@@ -66,6 +68,9 @@ CACHES = ('memory', 'disk')
 BAD_IMAGES = ('error', 'skip')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 DIGITS_TFDS_NAME = 'sklearn_digits'
+SCENES_TFDS_NAME = 'synthetic_scenes'
+# config.dataset names of the data sets built here, offline -> TFDS names.
+_LOCAL_TFDS = {'digits': DIGITS_TFDS_NAME, 'scenes': SCENES_TFDS_NAME}
 CELEBA_CROP = 108
 # Why config.cache_dir must be a local directory (said with the error).
 CACHE_DIR_WHY = (
@@ -116,8 +121,8 @@ def load_images(
   With cache='disk' the array is a read-only memmap of an .npy file in
   `cache_dir`, written once (atomically) and reused by later calls; it is
   keyed by data set, split, size, channels and crop (for 'folder:', by the
-  path and its files' names and sizes). 'digits' is built locally even when
-  download=False: it needs no network.
+  path and its files' names and sizes). 'digits' and 'scenes' are built
+  locally even when download=False: they need no network.
 
   bad_images (only for 'folder:'; TFDS data sets are checked when prepared):
   what to do with files TensorFlow cannot decode. 'error': a ValueError
@@ -461,8 +466,8 @@ def _parse_dataset(dataset: str) -> _Source:
         '"folder:gs://bucket/images".'
       )
     return _Source('folder', files.absolute(path, 'The folder of config.dataset'))
-  if dataset == 'digits':
-    return _Source('tfds', DIGITS_TFDS_NAME)
+  if dataset in _LOCAL_TFDS:
+    return _Source('tfds', _LOCAL_TFDS[dataset])
   return _Source('tfds', dataset)
 
 
@@ -507,7 +512,10 @@ def _tfds():
   _tf()
   import tensorflow_datasets as tfds
 
-  from dcgan_jax.data import digits_dataset  # noqa: F401  Registers sklearn_digits.
+  from dcgan_jax.data import (
+    digits_dataset,  # noqa: F401  Registers sklearn_digits.
+    scenes_dataset,  # noqa: F401  Registers synthetic_scenes.
+  )
 
   return tfds
 
@@ -548,7 +556,7 @@ def _tfds_builder(name: str, data_dir: str | None, download: bool):
   if builder.is_prepared():
     return builder
   root = os.fspath(builder.data_dir_root)
-  if not download and builder.name != DIGITS_TFDS_NAME:
+  if not download and builder.name not in _LOCAL_TFDS.values():
     raise FileNotFoundError(
       _not_prepared_message(name, root, 'config.download is False')
     )
