@@ -121,7 +121,12 @@ def layer_generator(
   it, 0 drops it: zero at every position) before G goes on."""
   generator = _generator(config)
   if batchnorm == 'reference':
-    z_ref = generate.reference_z(config.seed, config.model.z_dim, config.model.z_dist)
+    z_ref = generate.reference_z(
+      config.seed,
+      config.model.z_dim,
+      config.model.z_dist,
+      generate.num_classes(config),
+    )
     g_variables = generate.reference_variables(generator, g_variables, z_ref)
     batchnorm = 'running'
 
