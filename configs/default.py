@@ -231,8 +231,10 @@ def get_config() -> ml_collections.ConfigDict:
   # and TensorBoard scalars eval/... in WORKDIR/eval. 0: never.
   config.eval_every_steps = 0
   # Comma-separated: 'classifier' (labelled data sets; offline),
-  # 'inception' (FID, KID, IS; needs the FID Inception weights) and/or
-  # 'memorization' (nearest training images of samples, PNGs in eval/).
+  # 'inception' (FID, KID, IS; needs the FID Inception weights),
+  # 'memorization' (nearest training images of samples, PNGs in eval/)
+  # and/or 'checkerboard' (periodic artefacts of stride-2 upsampling in the
+  # samples' power spectrum against real images'; offline).
   config.eval_metrics = 'classifier'
   config.eval_num_samples = 5000
   # The pytorch-fid Inception weights file; '' = $DCGAN_FID_WEIGHTS or the

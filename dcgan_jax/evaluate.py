@@ -1,7 +1,7 @@
 """Scores of a trained generator that the literature can compare with.
 
   python -m dcgan_jax.evaluate --workdir=W [--num_samples=10000] \
-      [--metrics=auto|classifier,inception,memorization] \
+      [--metrics=auto|classifier,inception,memorization,checkerboard] \
       [--inception_weights=PATH] [--seed=0] [--num_z_seeds=1]
 
 Loads W's config and latest checkpoint, draws `num_samples` images G(z) (z
@@ -24,10 +24,18 @@ and computes:
   pixel space and in D's feature space (dcgan_jax.evaluation.d_features), as PNGs of
   each sample beside its neighbours and histograms of sample-to-train
   against train-to-train distances (dcgan_jax.evaluation.memorization).
+- 'checkerboard' (any data set; offline): checkerboard artefacts of
+  stride-2 upsampling (dcgan_jax.evaluation.checkerboard). The samples'
+  power spectrum over the real training images', at the frequencies of the
+  periodic patterns k doublings can leave against around them:
+  checkerboard_spike_ratio, 1.0 for no more periodic spikes than real
+  images; and the share of power at those frequencies for samples and real
+  images, and their ratio.
 
 'auto' (the default) is every metric that can run here: 'classifier' where
 the data set has labels, 'inception' where the weights file is present,
-'memorization' always. `--num_z_seeds=K` scores K independent sets of
+'memorization' always, 'checkerboard' wherever the image size is made by
+stride-2 doublings. `--num_z_seeds=K` scores K independent sets of
 samples and reports mean and standard deviation; a workdir of several GANs
 (config.num_seeds) is scored GAN by GAN, with mean and spread over them.
 

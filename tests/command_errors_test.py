@@ -59,8 +59,8 @@ CASES = [
   (
     evaluate,
     [f'--workdir={W}', '--metrics=fid2'],
-    "Error: metrics must be some of ['classifier', 'inception', 'memorization'], "
-    "got ['fid2'].",
+    "Error: metrics must be some of ['classifier', 'inception', 'memorization', "
+    "'checkerboard'], got ['fid2'].",
   ),
   (
     evaluate,

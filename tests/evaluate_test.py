@@ -243,7 +243,7 @@ def test_command_line(workdir, first_report):
   fd = first_report['metrics']['classifier_fd']
   assert f'{fd:.4g}' in result.stdout
   assert 'not run: inception: FID Inception weights not found' in result.stdout
-  for metric in ('classifier', 'memorization'):  # Estimated peaks, per metric.
+  for metric in ('classifier', 'memorization', 'checkerboard'):  # Estimated peaks.
     assert f'memory: {metric} about ' in result.stdout
   with open(os.path.join(workdir, 'eval', f'report_step_{NUM_STEPS}.json')) as f:
     report = json.load(f)

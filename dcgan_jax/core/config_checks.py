@@ -17,7 +17,7 @@ from dcgan_jax.networks import models
 from dcgan_jax.util import files
 from dcgan_jax.util.errors import ConfigError
 
-EVAL_METRICS = ('classifier', 'inception', 'memorization')
+EVAL_METRICS = ('classifier', 'inception', 'memorization', 'checkerboard')
 
 # Keys that count something: (key, smallest allowed value, that rule in words).
 _COUNTS = (
@@ -207,8 +207,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     need(
       bool(metrics) and set(metrics) <= set(EVAL_METRICS),
       "eval_metrics must be a comma-separated list of 'classifier', "
-      f"'inception' and 'memorization', got {config.eval_metrics!r}; change "
-      'it with --config.eval_metrics=...',
+      "'inception', 'memorization' and 'checkerboard', got "
+      f'{config.eval_metrics!r}; change it with --config.eval_metrics=...',
     )
 
 

@@ -19,6 +19,9 @@ evaluation calls); `evaluate` scores the latest checkpoint of a workdir (the
   pixel space and in D's feature space (`d_features`), as PNGs of each
   sample beside its neighbours and histograms of sample-to-train against
   train-to-train distances (`memorization`).
+- 'checkerboard' (any data set; offline): the periodic energy stride-2
+  upsampling leaves (`checkerboard`): the samples' power spectrum against
+  the real training images' at the frequencies of 2^k-periodic patterns.
 
 Reports go to W/eval/report_step_<step>.json and TensorBoard in W/eval;
 only process 0 writes. W may be a gs:// URL: every cache, report and figure
@@ -56,6 +59,7 @@ from dcgan_jax.core.state import GANState
 from dcgan_jax.data import input_pipeline, loader
 from dcgan_jax.evaluation import (
   batching,
+  checkerboard,
   d_features,
   gan_metrics,
   inception,
@@ -123,6 +127,25 @@ DESCRIPTIONS = {
   'kid_std': 'Standard deviation of KID over its subsets.',
   'is': 'Inception Score (Salimans et al. 2016), mean over 10 splits.',
   'is_std': 'Standard deviation of the Inception Score over its splits.',
+}
+DESCRIPTIONS |= {
+  'checkerboard_spike_ratio': (
+    "Checkerboard artefacts: the samples' mean normalised power spectrum "
+    "divided by the real images'; for each period P = 2, 4, ..., 2^k that k "
+    'stride-2 upsamplings can leave, its sum over the frequencies P adds '
+    '(multiples of N/P on both axes) over its sum around them (8 neighbours '
+    'each); the mean over the periods. 1.0: no more periodic spikes than '
+    'real images; higher is worse.'
+  ),
+  'checkerboard_share': (
+    "Share of the samples' (mean-removed, normalised) power spectrum at "
+    'those artefact frequencies; counts broadband noise too.'
+  ),
+  'checkerboard_real_share': 'The same share for the real training images.',
+  'checkerboard_share_ratio': (
+    'checkerboard_share / checkerboard_real_share: 1.0 = as much power at the '
+    'artefact frequencies as real images.'
+  ),
 }
 for _space, _what in (('pixels', 'pixel space'), ('dfeatures', "D's pooled features")):
   DESCRIPTIONS |= {
@@ -438,6 +461,37 @@ def _load_inception_reference(path, fingerprint):
     return stats, data['kid_features']
 
 
+def checkerboard_estimate(
+  num_samples: int, image_shape: Sequence[int], num_train: int
+) -> memory.Estimate:
+  """The 'checkerboard' metrics' peak memory: one batch's transform (the
+  samples and the real images are streamed through it)."""
+  num_real = min(num_train, checkerboard.REAL_IMAGES)
+  return memory.Estimate(
+    'checkerboard',
+    checkerboard.workspace_bytes(image_shape),
+    f'{num_samples:,} samples and {num_real:,} training images transformed '
+    f'{checkerboard.BATCH} at a time',
+    "it holds one batch of images at a time: leave 'checkerboard' out of the metrics",
+  )
+
+
+def checkerboard_metrics(
+  images: np.ndarray, real_images: np.ndarray, *, memory_limit: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metrics, details) of uint8 samples: their checkerboard scores against
+  (at most checkerboard.REAL_IMAGES of) the real training images."""
+  memory_details = memory.check(
+    checkerboard_estimate(len(images), images.shape[1:], len(real_images)),
+    memory.resolve_limit(memory_limit),
+  )
+  period = checkerboard.artefact_period(images.shape[1])
+  metrics = checkerboard.checkerboard_metrics(images, real_images, period=period)
+  num_real = len(checkerboard.real_indices(len(real_images)))
+  details = {'period': period, 'num_real_images': num_real}
+  return metrics, {**details, 'memory': memory_details}
+
+
 # ----------------------------------------------------------------------------
 # Samples, all metrics, the report.
 
@@ -479,6 +533,12 @@ def compute_metrics(
         workdir, config, images, real_images, weights=inception_weights,
         seed=seed, memory_limit=memory_limit,
       )  # fmt: skip
+    values.update(v)
+  if 'checkerboard' in metrics:
+    with progress.timed("Metric 'checkerboard'"):
+      v, details['checkerboard'] = checkerboard_metrics(
+        images, real_images, memory_limit=memory_limit
+      )
     values.update(v)
   return values, details
 
@@ -594,7 +654,8 @@ def available_metrics(
 ) -> tuple[list[str], dict[str, str]]:
   """('auto' metrics, {left-out metric: why}): 'classifier' if the data set
   has labels, 'inception' if the weights file exists (no download),
-  'memorization' always."""
+  'memorization' always, 'checkerboard' where the image size is made by
+  stride-2 doublings."""
   metrics, skipped = [], {}
   try:
     load_labels(config)
@@ -607,6 +668,11 @@ def available_metrics(
   except FileNotFoundError as e:
     skipped['inception'] = str(e)
   metrics.append('memorization')
+  try:
+    checkerboard.artefact_period(config.image_size)
+    metrics.append('checkerboard')
+  except ValueError as e:
+    skipped['checkerboard'] = str(e)
   return metrics, skipped
 
 

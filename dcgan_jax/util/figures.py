@@ -5,8 +5,8 @@
 - `coverage_png`: evaluation's share of samples per class.
 - `neighbour_grid`, `distance_histogram`: memorisation's nearest training
   images and distance distributions.
-- `labelled_grid`, `side_by_side`, `save_gif`, `enlarge`: the pictures of
-  `python -m dcgan_jax.visualize`.
+- `labelled_grid`, `side_by_side`, `stacked`, `save_gif`, `enlarge`: the
+  pictures of `python -m dcgan_jax.visualize` and of the benchmarks.
 """
 
 import dataclasses
@@ -506,6 +506,17 @@ def side_by_side(images: Sequence[Image.Image], gap: int = 16) -> Image.Image:
   for image in images:
     canvas.paste(image, (x, 0))
     x += image.width + gap
+  return canvas
+
+
+def stacked(images: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+  """Images one above the other, left-aligned, on white."""
+  height = sum(i.height for i in images) + gap * (len(images) - 1)
+  canvas = Image.new('RGB', (max(i.width for i in images), height), 'white')
+  y = 0
+  for image in images:
+    canvas.paste(image, (0, y))
+    y += image.height + gap
   return canvas
 
 
