@@ -83,7 +83,8 @@ def export_generator(
     )
 
   (batch,) = jax_export.symbolic_shape('batch')
-  z_spec = jax.ShapeDtypeStruct((batch, config.model.z_dim), jnp.float32)
+  width = config.model.z_dim + generate.num_classes(config)  # [z, one-hot].
+  z_spec = jax.ShapeDtypeStruct((batch, width), jnp.float32)
   return jax_export.export(jax.jit(generate_fn), platforms=tuple(platforms))(z_spec)
 
 
@@ -91,10 +92,20 @@ def signature(
   config: ml_collections.ConfigDict, exported: jax_export.Exported, step: int
 ) -> dict[str, Any]:
   """What a user of the artefact needs to know to call it."""
+  classes = generate.num_classes(config)
+  conditional = (
+    {
+      'num_classes': classes,
+      'z_layout': f'[z (z_dim), one-hot class ({classes})]: a class-conditional G',
+    }
+    if classes
+    else {}
+  )
   return {
     'function': 'images = generator.call(z)',
-    'z_shape': ['batch', config.model.z_dim],
+    'z_shape': ['batch', config.model.z_dim + classes],
     'z_dim': config.model.z_dim,
+    **conditional,
     'z_dist': config.model.z_dist,
     'z_dtype': 'float32',
     'image_shape': ['batch', config.image_size, config.image_size, config.num_channels],
