@@ -79,7 +79,9 @@ def _save_workdir(workdir, config, state=None):
   rundir.save_config(config, str(workdir))
   if state is not None:
     with rundir.checkpoint_manager(str(workdir)) as manager:
-      manager.save(int(state.step), args=ocp.args.StandardSave(state))
+      manager.save(
+        int(state.step), args=ocp.args.StandardSave(rundir.checkpoint_tree(state))
+      )
       manager.wait_until_finished()
   return str(workdir)
 

@@ -139,12 +139,20 @@ def restore_latest(
       jax.eval_shape(lambda: initial_state(config)),
     )
     try:
-      restored = manager.restore(
-        step, args=ocp.args.StandardRestore(checkpoint_tree(target))
-      )
-      return GANState(**restored)
+      return GANState(**_restore_tree(manager, step, checkpoint_tree(target)))
     except Exception as e:  # Orbax raises many types; all mean "unreadable".
       raise CheckpointError(_unreadable_message(manager, step, e)) from e
+
+
+def _restore_tree(manager: ocp.CheckpointManager, step: int, tree: dict) -> dict:
+  """Checkpoint `step` into `tree`; also reads a GANState saved as it is
+  (not through `checkpoint_tree`), whose unused g_ema was saved as None."""
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(tree))
+  except ValueError as e:
+    if 'g_ema' in tree or 'g_ema' not in str(e):
+      raise
+  return manager.restore(step, args=ocp.args.StandardRestore({**tree, 'g_ema': None}))
 
 
 def _unreadable_message(manager: ocp.CheckpointManager, step: int, error) -> str:
