@@ -167,6 +167,7 @@ def describe_launch(config: ml_collections.ConfigDict, start_step: int) -> dict:
     'device_kind': devices[0].device_kind,
     'device_count': len(devices),
     'process_count': jax.process_count(),
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'versions': _versions(),
     'code': code_revision(),
   }
