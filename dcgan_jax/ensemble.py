@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from dcgan_jax.core import rundir
+from dcgan_jax.core import manifest, rundir
 from dcgan_jax.core.state import GANState, PyTree, initial_state, split_root_key
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.util import files
@@ -40,6 +41,8 @@ class Ensemble:
   members: list[rundir.Member]
   managers: list[ocp.CheckpointManager] = dataclasses.field(default_factory=list)
   saving: int | None = None  # The step of the saves in flight, if any.
+  # Their `manifest.state_digest`s, recorded once the saves are committed.
+  _digests: list[str] = dataclasses.field(default_factory=list)
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict, workdir: str) -> 'Ensemble':
@@ -103,9 +106,32 @@ class Ensemble:
         f'{step}, which writes those checkpoints again bit for bit, move them '
         f'aside ({"; ".join(f"{p} to {q}" for p, q in ahead)}) and relaunch.'
       )
-    return stack(
-      [rundir.restore_latest(m.workdir, m.config, step=step) for m in self.members]
-    )
+    return stack([self._restore_verified(m, step) for m in self.members])
+
+  def _restore_verified(self, m: rundir.Member, step: int) -> GANState:
+    """Member m's checkpoint `step`, its arrays checked against the digest
+    manifest.json recorded when it was written (recorded now if the run
+    stopped before it could be)."""
+    state = rundir.restore_latest(m.workdir, m.config, step=step)
+    digest = manifest.state_digest(rundir.checkpoint_tree(state))
+    recorded = manifest.recorded_digest(m.workdir, step)
+    if recorded is None:
+      logging.warning(
+        'manifest.json of %s has no digest of checkpoint %d (stopped before it '
+        'was recorded, or written by an older version); recording %s.',
+        m.workdir, step, digest[:12],
+      )  # fmt: skip
+      manifest.record_checkpoint(m.workdir, step, digest)
+    elif recorded != digest:
+      path = files.join(m.workdir, rundir.CHECKPOINT_DIR, str(step))
+      raise CheckpointError(
+        f'Checkpoint {path} does not hold the arrays that were saved there '
+        f'(sha256 {digest[:12]}, recorded {recorded[:12]} in manifest.json): it '
+        'was changed or replaced since. Move it aside (mv '
+        f'{path} {path}.changed) to resume from the checkpoint before it, or '
+        'restore the original.'
+      )
+    return state
 
   def _no_common_step(self, steps: list[set[int]]) -> str:
     """What to do when the GANs' checkpoints share no step."""
@@ -145,12 +171,12 @@ class Ensemble:
     cannot start, or the previous one failing, is a CheckpointError."""
     if self.saving is not None:
       self._finish_saves()
+    self._digests = []
     for k, manager in enumerate(self.managers):
+      tree = rundir.checkpoint_tree(member(host_state, k))
+      self._digests.append(manifest.state_digest(tree))
       try:
-        manager.save(
-          step,
-          args=ocp.args.StandardSave(rundir.checkpoint_tree(member(host_state, k))),
-        )
+        manager.save(step, args=ocp.args.StandardSave(tree))
       except Exception as e:  # Orbax and the file systems raise many types.
         raise CheckpointError(self._save_failed(step, k, e)) from e
     self.saving = step
@@ -174,6 +200,8 @@ class Ensemble:
     if failed:
       k, error = failed[0]
       raise CheckpointError(self._save_failed(step, k, error)) from error
+    for workdir, digest in zip(self.workdirs, self._digests, strict=True):
+      manifest.record_checkpoint(workdir, step, digest)  # Committed: record it.
 
   def _save_failed(self, step: int, k: int, error: Exception) -> str:
     """The one-line report of GAN k's failed save, naming the last good step."""

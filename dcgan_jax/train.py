@@ -34,9 +34,15 @@ from dcgan_jax.util.errors import ConfigError
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
+  stop_at: int | None = None,
 ) -> GANState | list[GANState]:
-  """Trains (or resumes) in `workdir` until `config.num_train_steps`.
+  """Trains (or resumes) in `workdir` until `config.num_train_steps`, or
+  until step `stop_at`, where it saves a checkpoint and returns as after a
+  preemption (a later launch continues the same trajectory).
 
   Resuming refuses a config or data set that would change the trajectory
   unless `allow_config_change`. With `num_seeds=K > 1`, trains K GANs in
@@ -114,7 +120,10 @@ def train_and_evaluate(
   preemption = Preemption(gans.managers[0])
   train_metrics, last_logged, t0 = None, start_step, time.time()
   step = start_step
-  for step in range(start_step + 1, config.num_train_steps + 1):
+  end = (
+    config.num_train_steps if stop_at is None else min(stop_at, config.num_train_steps)
+  )
+  for step in range(start_step + 1, end + 1):
     first = step == start_step + 1
     if first:
       logging.info('Compiling the train step (the first step waits for it) ...')
@@ -132,7 +141,7 @@ def train_and_evaluate(
     )
     report(step)
     is_last = step == config.num_train_steps
-    preempted = preemption.reached(step)
+    preempted = preemption.reached(step) or step == stop_at
     save_now = step % config.checkpoint_every_steps == 0 or is_last or preempted
     if step % config.log_every_steps == 0 or is_last or save_now:
       # Before any save: a non-finite state never overwrites a good checkpoint.
@@ -156,7 +165,9 @@ def train_and_evaluate(
   preemption.close()
   gans.close()
   log.flush()
-  if step < config.num_train_steps:
+  if step == stop_at and step < config.num_train_steps:
+    logging.info('Stopped at step %d of %d, as asked.', step, config.num_train_steps)
+  elif step < config.num_train_steps:
     logging.warning(
       'Preempted: saved a checkpoint at step %d of %d in %s. Relaunch the same '
       'command to continue from there.',

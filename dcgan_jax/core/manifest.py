@@ -1,7 +1,8 @@
 """What a run was: config, versions, hardware, code revision and data.
 
 `WORKDIR/manifest.json` is written when a run starts and extended each time
-it is resumed (`launches`). Resuming checks that nothing which shapes the
+it is resumed (`launches`) and each time a checkpoint is committed
+(`checkpoints`: the `state_digest` of its arrays, checked on resume). Resuming checks that nothing which shapes the
 trajectory changed: the config (all but the keys in `RESUMABLE_KEYS`) and
 the data set's fingerprint.
 """
@@ -90,6 +91,42 @@ def fingerprint(images: np.ndarray) -> str:
   return digest.hexdigest()
 
 
+def state_digest(tree: Any) -> str:
+  """sha256 of a state's arrays: each leaf's path, dtype, shape and bytes,
+  in path order. Independent of how Orbax lays the checkpoint out on disk
+  and of its metadata: the same numbers give the same digest."""
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+    array = np.ascontiguousarray(np.asarray(leaf))
+    header = f'{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|'
+    digest.update(header.encode())
+    flat = array.reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, _CHUNK):
+      digest.update(flat[start : start + _CHUNK].data)
+  return digest.hexdigest()
+
+
+def record_checkpoint(workdir: str, step: int, digest: str) -> None:
+  """Adds checkpoint `step`'s `state_digest` to WORKDIR/manifest.json
+  (`checkpoints`: step -> {'sha256', 'launch'}); process 0 writes."""
+  if jax.process_index() != 0:
+    return
+  record = load(workdir)
+  if record is None:
+    return
+  launch = len(record.get('launches', [])) - 1
+  record.setdefault('checkpoints', {})[str(step)] = {'sha256': digest, 'launch': launch}
+  write(workdir, record)
+
+
+def recorded_digest(workdir: str, step: int) -> str | None:
+  """The digest manifest.json recorded for checkpoint `step` (None: none)."""
+  record = load(workdir) or {}
+  entry = record.get('checkpoints', {}).get(str(step))
+  return None if entry is None else entry['sha256']
+
+
 def code_revision() -> dict[str, Any]:
   """The git commit of this code and whether the tree had local changes."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +167,7 @@ def describe_launch(config: ml_collections.ConfigDict, start_step: int) -> dict:
     'device_kind': devices[0].device_kind,
     'device_count': len(devices),
     'process_count': jax.process_count(),
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'versions': _versions(),
     'code': code_revision(),
   }
