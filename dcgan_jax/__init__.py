@@ -1,7 +1,8 @@
 """DCGAN in JAX/Flax, in layers that import only downwards:
 
 - commands: `python -m dcgan_jax.<command>` (sample, evaluate, export,
-  visualize, linear_probe, digits_classifier) and `cli`, their command line;
+  visualize, linear_probe, digits_classifier, reproduce) and `cli`, their
+  command line;
 - the training loop: `train` (and `ensemble`, the GANs of one launch);
 - `evaluation`: scores of a generator, handed what it scores;
 - `core` (state, step, run directory, G -> images) and `data`;

@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'dcgan_jax'
 
 # Top to bottom, as in the README's Layout section.
 COMMANDS = {'sample', 'evaluate', 'export', 'visualize', 'linear_probe'}
-COMMANDS |= {'digits_classifier', 'cli'}
+COMMANDS |= {'digits_classifier', 'reproduce', 'cli'}
 LAYERS = {
   'commands': 4,
   'loop': 3,  # train, ensemble
