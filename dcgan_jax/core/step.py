@@ -194,55 +194,57 @@ def _penalty(hyper, d_params, batch_stats, images, fake, noise, labels) -> jax.A
   )
 
 
-def _step_d(state, grads, stats, loss, real_logits, fake_logits, *, hyper, axis_name):
-  """Applies D's (device-local) gradients: pmean, optimizer, BatchNorm
-  statistics; returns (state, metrics, whether finite on every device)."""
+def _step(state, net, tx, grads, stats, loss, *, hyper, axis_name):
+  """Applies network `net`'s ('d' or 'g') device-local gradients: pmean,
+  optimizer `tx`, BatchNorm statistics. Returns (state, the averaged
+  gradients, whether everything is finite on every device); with
+  `hyper.skip_nonfinite` a non-finite update leaves the state as it was."""
+  params, opt_state = (
+    getattr(state, f'{net}_params'),
+    getattr(state, f'{net}_opt_state'),
+  )
   grads = jax.lax.pmean(grads, axis_name)
-  updates, opt_state = hyper.d_tx.update(grads, state.d_opt_state, state.d_params)
+  updates, opt_state = tx.update(grads, opt_state, params)
   if not hyper.sync_batchnorm:  # Per-device statistics: average the EMAs.
     stats = jax.lax.pmean(stats, axis_name)
+  params = optax.apply_updates(params, updates)
   new_state = state.replace(
-    d_params=optax.apply_updates(state.d_params, updates),
-    d_batch_stats=stats,
-    d_opt_state=opt_state,
+    **{
+      f'{net}_params': params,
+      f'{net}_batch_stats': stats,
+      f'{net}_opt_state': opt_state,
+    }
   )
-  ok = _all_finite(
-    axis_name, loss, grads, new_state.d_params, stats, new_state.d_opt_state
-  )
+  ok = _all_finite(axis_name, loss, grads, params, stats, opt_state)
   if hyper.skip_nonfinite:
     new_state = _apply_if(ok, new_state, state)
+  return new_state, grads, ok
+
+
+def _step_d(state, grads, stats, loss, real_logits, fake_logits, *, hyper, axis_name):
+  """`_step` of D, and its metrics."""
+  kwargs = dict(hyper=hyper, axis_name=axis_name)
+  state, grads, ok = _step(state, 'd', hyper.d_tx, grads, stats, loss, **kwargs)
   outputs = {
     'd_loss': loss,
     'd_real': losses.d_outputs(hyper.loss, real_logits),
     'd_fake': losses.d_outputs(hyper.loss, fake_logits),
     'd_grad_norm': optax.global_norm(grads),
   }
-  return new_state, outputs, ok
+  return state, outputs, ok
 
 
 def _step_g(state, grads, g_batch_stats, loss, logits, *, hyper, axis_name):
-  """Applies G's gradients as `_step_d` does D's; `logits` are D's outputs
-  for G's images in G's loss."""
-  grads = jax.lax.pmean(grads, axis_name)
-  updates, opt_state = hyper.g_tx.update(grads, state.g_opt_state, state.g_params)
-  if not hyper.sync_batchnorm:
-    g_batch_stats = jax.lax.pmean(g_batch_stats, axis_name)
-  new_state = state.replace(
-    g_params=optax.apply_updates(state.g_params, updates),
-    g_batch_stats=g_batch_stats,
-    g_opt_state=opt_state,
-  )
-  ok = _all_finite(
-    axis_name, loss, grads, new_state.g_params, g_batch_stats, new_state.g_opt_state
-  )
-  if hyper.skip_nonfinite:
-    new_state = _apply_if(ok, new_state, state)
+  """`_step` of G, and its metrics; `logits` are D's outputs for G's images
+  in G's loss."""
+  kwargs = dict(hyper=hyper, axis_name=axis_name)
+  state, grads, ok = _step(state, 'g', hyper.g_tx, grads, g_batch_stats, loss, **kwargs)
   outputs = {
     'g_loss': loss,
     'd_fake_after': losses.d_outputs(hyper.loss, logits),
     'g_grad_norm': optax.global_norm(grads),
   }
-  return new_state, outputs, ok
+  return state, outputs, ok
 
 
 def d_update(
