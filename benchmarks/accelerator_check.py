@@ -164,7 +164,7 @@ def _train(args) -> dict:
     raise RuntimeError('XLA_FLAGS lacks --xla_gpu_deterministic_ops=true')
   n = jax.local_device_count()
   hyper = step_lib.make_step_config(
-    config, bn_axis_name='batch' if config.sync_batchnorm else None
+    config, bn_axis_name='batch' if step_lib.syncs_batchnorm(config) else None
   )
   p_step = jax.pmap(
     step_lib.make_ensemble_step(hyper, 1, config.ensemble),

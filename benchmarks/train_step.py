@@ -93,7 +93,7 @@ def benchmark(config, steps: int, warmup: int) -> dict[str, float | str]:
   n = jax.local_device_count()
   size, channels = config.image_size, config.num_channels
   hyper = step_lib.make_step_config(
-    config, bn_axis_name='batch' if config.sync_batchnorm else None
+    config, bn_axis_name='batch' if step_lib.syncs_batchnorm(config) else None
   )
   members = rundir.seed_members(config, '')
   p_step = jax.pmap(

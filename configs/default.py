@@ -200,6 +200,15 @@ def get_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics over the whole global batch (True, as the paper's
   # single-GPU batch of 128) or per device (False).
   config.sync_batchnorm = True
+  # Device-count-invariant mode (0: off). V > 0 cuts the global batch into V
+  # shards of global_batch_size / V examples: each shard is trained through
+  # the same program whatever device holds it, and gradients, BatchNorm
+  # statistics and metrics are averaged over the V shards in one fixed
+  # order, so every device count dividing V (1, 2, 4, 8 for V=8) gives the
+  # same bits, and a run may resume on another such count bit-exactly.
+  # BatchNorm normalises each shard with its own statistics, so V > 1 needs
+  # sync_batchnorm=False. Costs speed (README, "Reproducing a run").
+  config.reduction_shards = 0
   # On GPUs, make XLA pick deterministic kernels (--xla_gpu_deterministic_ops):
   # bitwise-repeatable runs at some speed cost. No effect on CPU and TPU,
   # which are deterministic already.

@@ -195,11 +195,23 @@ def _difference(workdir, scratch, config, record, step) -> str:
   then = launches[index] if 0 <= index < len(launches) else {}
   now = manifest.describe_launch(config, 0)
   changes = environment_changes(then, now)
+  if config.get('reduction_shards', 0):  # The device count changes no bit.
+    changes = [c for c in changes if not c.startswith('device_count:')]
   why = (
     'environment differences: ' + '; '.join(changes)
     if changes
     else 'the environment is the same as the one that wrote it'
   )
+  moves = [
+    f'step {launch["start_step"]} ({change["from"]} -> {change["to"]} devices)'
+    for launch in launches[: index + 1]
+    if (change := launch.get('device_count_change')) and not change['bit_exact']
+  ]
+  if moves:
+    why += (
+      '; the run itself resumed on another device count, which continues '
+      'only statistically, at ' + ', '.join(moves)
+    )
   return f'{what}; {why}.'
 
 

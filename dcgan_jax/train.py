@@ -63,6 +63,7 @@ def train_and_evaluate(
     for directory in dict.fromkeys([workdir, *gans.workdirs]):
       rundir.make_workdir(directory)
   images = loader.load_data(config, workdir)
+  _connect_devices()
   try:  # Now, not at the first batch: before anything compiles or is saved.
     input_pipeline.check_batching(
       len(images), config.global_batch_size, jax.process_count()
@@ -78,7 +79,7 @@ def train_and_evaluate(
   periodic_eval = _make_periodic_eval(config, gans, images) if is_chief else None
 
   hyper = step_lib.make_step_config(
-    config, bn_axis_name='batch' if config.sync_batchnorm else None
+    config, bn_axis_name='batch' if step_lib.syncs_batchnorm(config) else None
   )
   p_train_step = jax.pmap(
     step_lib.make_ensemble_step(hyper, len(gans), config.ensemble),
@@ -186,6 +187,23 @@ def train_and_evaluate(
   final = unreplicate(state)
   states = [ensemble_lib.member(final, k) for k in range(len(gans))]
   return states[0] if len(gans) == 1 else states
+
+
+def _connect_devices() -> None:
+  """With several processes, sets up the collectives between all devices
+  now, while the processes are in step (they just waited for process 0's
+  data), with a one-number psum over all of them.
+
+  On CPU the collectives (gloo) are set up at the first one, and give up
+  when a process arrives over 30 s after another; compiling the train step
+  on a loaded machine can take that much longer in one process than in the
+  next. The train step later uses this set-up (the same devices).
+  """
+  if jax.process_count() == 1:
+    return
+  ones = np.ones((jax.local_device_count(),), np.int32)
+  total = jax.pmap(lambda x: jax.lax.psum(x, 'all'), axis_name='all')(ones)
+  assert int(unreplicate(total)) == jax.device_count()
 
 
 def _with_classes(

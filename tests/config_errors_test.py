@@ -186,6 +186,23 @@ def _assert_one_line_error(proc, expected):
 
 
 @pytest.mark.parametrize(
+  ('overrides', 'devices', 'remedy'),
+  [
+    ({'reduction_shards': 3}, 1, 'global_batch_size=128 must be a multiple of'),
+    ({'reduction_shards': 4}, 8, 'must be a multiple of the 8 devices'),
+    ({'reduction_shards': 8}, 1, '--config.sync_batchnorm=False'),
+  ],
+)
+def test_reduction_shards_against_batch_devices_and_batchnorm(
+  overrides, devices, remedy
+):
+  with pytest.raises(errors.ConfigError, match='^Invalid config: ') as e:
+    config_checks.validate_config(_config(**overrides), devices)
+  assert remedy in str(e.value) and '\n' not in str(e.value)
+  config_checks.validate_config(_config(reduction_shards=8, sync_batchnorm=False), 8)
+
+
+@pytest.mark.parametrize(
   ('args', 'expected'),
   [
     (

@@ -78,3 +78,22 @@ def test_another_environment_is_named_with_the_first_differing_step(data_dir, tm
   assert 'device_count: 1 -> 4' in last
   assert "version of jax: '0.4.0' -> " in last
   assert 'xla_flags' in last
+
+
+def test_an_invariant_run_reproduces_on_another_device_count(data_dir, tmp_path):
+  """config.reduction_shards: trained on 1 device, reproduced on 2, bit-exact."""
+  workdir = tmp_path / 'run'
+  shards = {'reduction_shards': 2, 'sync_batchnorm': False}
+  command = runs.launch_command(workdir, data_dir, **STEPS, **shards)
+  env = dict(
+    os.environ,
+    TF_CPP_MIN_LOG_LEVEL='2',
+    XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  )
+  trained = subprocess.run(
+    command, cwd=runs.REPO, env=env, capture_output=True, text=True, timeout=600
+  )
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  out = _reproduce(workdir, devices=2)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == 'bit-exact up to step 6'

@@ -38,6 +38,7 @@ _COUNTS = (
   ('eval_every_steps', 0, '>= 0 (0: never)'),
   ('ema_start_step', 0, '>= 0'),
   ('model.num_classes', 0, '>= 0'),
+  ('reduction_shards', 0, '>= 0 (0: off)'),
 )
 # Real-valued keys: (key, low, low included, high, high included); None: no bound.
 _REALS = (
@@ -188,6 +189,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     f'global_batch_size={config.global_batch_size} must be a positive multiple '
     f'of the {num_devices} devices; set --config.global_batch_size to one.',
   )
+  check_shards(config, num_devices)
   check_paths(config)
   check_image_size(config)
   check_objective(config)
@@ -209,6 +211,31 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
       "eval_metrics must be a comma-separated list of 'classifier', "
       "'inception', 'memorization' and 'checkerboard', got "
       f'{config.eval_metrics!r}; change it with --config.eval_metrics=...',
+    )
+
+
+def check_shards(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """The device-count-invariant mode's shards against the batch, the device
+  count and synchronised BatchNorm."""
+  shards, batch = config.get('reduction_shards', 0), config.global_batch_size
+  if not shards:
+    return
+  if batch % shards:
+    raise ConfigError(
+      f'Invalid config: global_batch_size={batch} must be a multiple of '
+      f'reduction_shards={shards} (shards of equal size); change one of them.'
+    )
+  if shards % num_devices:
+    raise ConfigError(
+      f'Invalid config: reduction_shards={shards} must be a multiple of the '
+      f'{num_devices} devices (each holds the same number of shards); use a '
+      'multiple of every device count the run may see (8 covers 1, 2, 4 and 8).'
+    )
+  if shards > 1 and config.sync_batchnorm:
+    raise ConfigError(
+      f'Invalid config: reduction_shards={shards} normalises each shard of '
+      f'{batch // shards} examples with its own BatchNorm statistics; set '
+      '--config.sync_batchnorm=False to accept that, or --config.reduction_shards=0.'
     )
 
 

@@ -66,6 +66,7 @@ INTRODUCED_KEYS = {
   'conditional': False,
   'label_key': 'label',
   'model.num_classes': 0,
+  'reduction_shards': 0,
 }
 _PACKAGES = (
   'jax',

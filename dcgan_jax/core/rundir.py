@@ -220,6 +220,8 @@ def record_launch(
       )
   launch = manifest.describe_launch(config, start_step)
   launch['config_changed'] = bool(allow_config_change)
+  if record is not None:
+    _note_device_count_change(config, record, start_step, launch)
   if record is None:
     record = {'seed': config.seed, 'data': data, 'launches': []}
   record['config'] = config.to_dict()
@@ -227,6 +229,36 @@ def record_launch(
   if jax.process_index() == 0:
     save_config(config, workdir)
     manifest.write(workdir, record)
+
+
+def _note_device_count_change(
+  config: ml_collections.ConfigDict, record: dict, start_step: int, launch: dict
+) -> None:
+  """A resume on another device count than the launch that wrote the
+  checkpoint it starts from: recorded in `launch` ('device_count_change'),
+  and a warning unless the device-count-invariant mode makes it bit-exact."""
+  written_by = record.get('checkpoints', {}).get(str(start_step), {}).get('launch')
+  launches = record.get('launches', [])
+  if written_by is None or not 0 <= written_by < len(launches):
+    written_by = len(launches) - 1  # Older manifests: the last launch.
+  if written_by < 0:
+    return
+  before, now = launches[written_by]['device_count'], launch['device_count']
+  if before == now:
+    return
+  bit_exact = bool(config.get('reduction_shards', 0))
+  launch['device_count_change'] = {'from': before, 'to': now, 'bit_exact': bit_exact}
+  if not bit_exact:
+    logging.warning(
+      'Resuming at step %d on %d devices; the run was trained on %d. The '
+      'trajectory continues statistically, not bitwise: gradients are now '
+      'summed in another order, and Adam turns that round-off into '
+      'different steps. config.reduction_shards makes device counts '
+      'interchangeable bit for bit. Recorded in manifest.json.',
+      start_step,
+      now,
+      before,
+    )
 
 
 def make_workdir(workdir: str) -> None:
