@@ -19,7 +19,7 @@ import pytest
 import runs
 from PIL import Image
 
-from dcgan_jax import evaluate, export, sample, visualize
+from dcgan_jax import evaluate, export, reproduce, sample, visualize
 from dcgan_jax.core import rundir
 from dcgan_jax.util import files
 
@@ -151,6 +151,14 @@ def test_every_tool_reads_the_gs_workdir_and_writes_to_the_bucket(gs_run, gcs_bu
   evaluate.main([f'--workdir={workdir}', '--num_samples=10', '--metrics=classifier'])
   reports = files.listdir(files.join(workdir, rundir.EVAL_DIR))
   assert f'report_step_{NUM_STEPS}.json' in reports
+  assert no_local_gs_directory()
+
+
+def test_reproduce_verifies_the_gs_workdir(gs_run, tmp_path):
+  """The killed and resumed gs:// run, trained again from scratch to its
+  first two recorded checkpoints: bit-exact."""
+  workdir, _ = gs_run
+  assert reproduce.reproduce(workdir, steps=40, output=str(tmp_path / 'again')) == 40
   assert no_local_gs_directory()
 
 
