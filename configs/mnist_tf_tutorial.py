@@ -17,13 +17,16 @@ at the tutorial's 28x28.
 Its samples are dots on a regular grid for some 500 steps, and the
 tutorial's Keras code draws the same dots from the same weights and data
 (compared up to step 300); by step 750 (seed 0) they are blob- and
-digit-like shapes. tests/tf_tutorial_keras_test.py checks the models, the
-losses, one simultaneous step's gradients and the BatchNorm moving averages
-against the tutorial's Keras code. One difference remains: Keras adds
-Adam's epsilon to the square root of the uncorrected second moment, optax
-to the bias-corrected one, so Keras' epsilon is in effect
-1e-7 / sqrt(1 - 0.999^t) (3.2e-6 at step 1, 1.3e-7 at step 1000); it
-changes only the updates of gradients about that small.
+digit-like shapes, by step 2500 strokes of digits. The evaluation
+classifier's FD (5,000 samples, `python -m dcgan_jax.evaluate`) at steps
+500, 1500, 2000 and 2500: 2028, 419, 1077, 506.
+tests/tf_tutorial_keras_test.py checks the models, the losses, one
+simultaneous step's gradients and the BatchNorm moving averages against the
+tutorial's Keras code. One difference remains: Keras adds Adam's epsilon to
+the square root of the uncorrected second moment, optax to the
+bias-corrected one, so Keras' epsilon is in effect 1e-7 / sqrt(1 - 0.999^t)
+(3.2e-6 at step 1, 1.3e-7 at step 1000); it changes only the updates of
+gradients about that small.
 """
 
 from configs import mnist_files
