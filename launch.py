@@ -28,7 +28,6 @@ xla_cpu.use_project_kernels()  # Before JAX starts: see dcgan_jax/util/xla_cpu.p
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -287,8 +286,6 @@ def main(argv):
     os.environ['XLA_FLAGS'] = (
       os.environ.get('XLA_FLAGS', '') + ' --xla_gpu_deterministic_ops=true'
     ).strip()
-  # TensorFlow only feeds data: keep it off the accelerators JAX uses.
-  tf.config.set_visible_devices([], 'GPU')
   try:
     config_checks.check_ranges(FLAGS.config)  # Before JAX or data start.
     _maybe_initialize_distributed()

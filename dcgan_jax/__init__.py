@@ -8,3 +8,7 @@
 - `core` (state, step, run directory, G -> images) and `data`;
 - `networks` (Flax modules, kernels) and `util` (files, figures, errors).
 """
+
+from dcgan_jax.util import clu_without_tf as _clu_without_tf
+
+_clu_without_tf.install()

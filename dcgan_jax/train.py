@@ -53,6 +53,7 @@ def train_and_evaluate(
     workdir = files.absolute(workdir, '--workdir')
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  loader.prepare(config)  # Before anything is written: data errors first.
   labels = None
   if config.get('conditional', False):
     config, labels = _with_classes(config)

@@ -331,6 +331,7 @@ def test_span_coordinates_give_liblinears_own_solution():
 
 @pytest.mark.parametrize('name', ['svhn_1000', 'cifar10'])
 def test_mocked_tfds_probe_end_to_end(tmp_path, capsys, name):
+  pytest.importorskip('tensorflow')  # TFDS's mock encodes its images with it.
   import tensorflow_datasets as tfds
 
   config = svhn.get_config()

@@ -83,15 +83,20 @@ def checkpoint_leaves(workdir):
   return jax.tree.leaves(restored(workdir))
 
 
+def events(path: str):
+  """The Event protos of a local TensorBoard event file, read by TensorBoard."""
+  from tensorboard.backend.event_processing import event_file_loader
+
+  return event_file_loader.EventFileLoader(path).Load()
+
+
 def logged_metrics(workdir) -> dict[tuple[int, str], bytes]:
   """The training scalars in a workdir's TensorBoard events, as raw bytes."""
-  import tensorflow as tf
-
   names = set(step_lib.TrainMetrics.__annotations__)
   found = {}
   for name in os.listdir(workdir):
     if name.startswith('events.out'):
-      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+      for event in events(os.path.join(workdir, name)):
         for value in event.summary.value:
           if value.tag in names:
             found[(event.step, value.tag)] = value.tensor.SerializeToString()

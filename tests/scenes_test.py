@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dcgan_jax.data import input_pipeline, scenes, scenes_dataset
+from dcgan_jax.data import input_pipeline, scenes, scenes_dataset, tfds_source
 
 
 def test_a_scene_is_a_function_of_seed_and_index():
@@ -70,11 +70,11 @@ def test_the_data_set_is_the_scenes_and_windows_survive_resizing(data_dir):
     dataset='scenes', image_size=32, num_channels=3, data_dir=data_dir, download=False
   )
   assert small.shape == (scenes.NUM_EXAMPLES, 32, 32, 3)
-  tfds = input_pipeline._tfds()
-  examples = tfds.builder(scenes_dataset.TFDS_NAME, data_dir=data_dir).as_dataset(
-    split='train[:3]'
+  tfds = tfds_source.tfds()
+  source = tfds.builder(scenes_dataset.TFDS_NAME, data_dir=data_dir).as_data_source(
+    split='train'
   )
-  for i, example in enumerate(tfds.as_numpy(examples)):
+  for i, example in enumerate(source[i] for i in range(3)):
     image, boxes = scenes.render(i)
     np.testing.assert_array_equal(example['image'], image)
     np.testing.assert_allclose(example['objects']['bbox'], boxes / scenes.SIZE)

@@ -7,6 +7,7 @@ download: the 1,797 images ship inside scikit-learn.
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 NAME = 'sklearn_digits'
 NUM_EXAMPLES = 1797
@@ -20,8 +21,11 @@ def scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """The UCI optical-recognition digits test set bundled with scikit-learn."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Initial release.',
+    '1.1.0': 'PNGs encoded by Pillow (prepared without TensorFlow); same pixels.',
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -50,6 +54,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
     from sklearn.datasets import load_digits  # Slow import: only when built.
 
     digits = load_digits()
-    images = scale_to_uint8(digits.images)[..., None]
+    images = scale_to_uint8(digits.images)
     for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
-      yield i, {'image': image, 'label': int(label)}
+      # A Pillow image: TFDS encodes it without TensorFlow.
+      yield i, {'image': Image.fromarray(image), 'label': int(label)}

@@ -8,7 +8,8 @@ exactly the batches an uninterrupted run reads, and each host gathers only
 its own slice of the global batch.
 
 Data sets (`dataset`):
-  * a TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom', ...);
+  * a TFDS name ('mnist', 'cifar10', 'celeb_a', 'lsun/bedroom', ...), read
+    without TensorFlow when prepared as ArrayRecord files (tfds_source.py);
   * 'digits': scikit-learn's 8x8 digits, built as the local TFDS data set
     `sklearn_digits` (see digits_dataset.py), then read like any TFDS name;
   * 'scenes': synthetic rooms with windows at known boxes, drawn offline as
@@ -16,8 +17,8 @@ Data sets (`dataset`):
   * 'folder:PATH': every .png/.jpg/.jpeg/.bmp/.gif under PATH, recursively
     (case-insensitive extensions; symlinked folders are not followed),
     sorted by relative path component by component; GIFs give their first
-    frame. Files TensorFlow cannot decode (truncated or empty files, other
-    bytes under an image name, 1-bit BMPs, unreadable files) stop the load
+    frame. Files that cannot be decoded (truncated or empty files, other
+    bytes under an image name, unreadable files) stop the load
     with a ValueError naming them (bad_images='error'), or are left out with
     a warning (bad_images='skip');
   * 'idx:DIR': the original MNIST-format (IDX) files in DIR, as MNIST,
@@ -27,10 +28,9 @@ Data sets (`dataset`):
     gzipped (.gz). Headers are checked (magic number, type, dimensions,
     size) and the images keep the files' order.
 
-PATH and DIR are local paths or gs:// URLs: local files are read by
-TensorFlow, URLs through `dcgan_jax.util.files` (a folder by one recursive
-listing, then many reads at once); TFDS gets its data_dir as given (it
-reads URLs itself). The disk cache (cache_dir) is always local: it is
+PATH and DIR are local paths or gs:// URLs: URLs are read through
+`dcgan_jax.util.files` (a folder by one recursive listing, then many reads
+at once); TFDS gets its data_dir as given (it reads URLs itself). The disk cache (cache_dir) is always local: it is
 memory-mapped.
 
 Preprocessing, the same for all of them: convert to `num_channels` (alpha is
@@ -38,7 +38,8 @@ dropped, RGB->grey by ITU-R 601 luminance, grey->RGB by repetition), crop
 ('center': largest centred square; 'celeba': centred 108x108, falling back to
 the centred square for images smaller than 108 in either dimension; 'none'),
 resize to image_size x image_size with antialiased bilinear filtering, round
-to uint8. No augmentation.
+to uint8 (preprocess.py: Pillow decodes, NumPy resizes, on a thread per
+core). No augmentation.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import collections
 import concurrent.futures
 import functools
 import hashlib
+import itertools
 import math
 import os
 import queue
@@ -60,18 +62,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from absl import logging
 
-from dcgan_jax.data import idx
+from dcgan_jax.data import idx, preprocess, tfds_source
 from dcgan_jax.util import files
 
-CROPS = ('center', 'celeba', 'none')
+CROPS = preprocess.CROPS
 CACHES = ('memory', 'disk')
 BAD_IMAGES = ('error', 'skip')
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
-DIGITS_TFDS_NAME = 'sklearn_digits'
-SCENES_TFDS_NAME = 'synthetic_scenes'
-# config.dataset names of the data sets built here, offline -> TFDS names.
-_LOCAL_TFDS = {'digits': DIGITS_TFDS_NAME, 'scenes': SCENES_TFDS_NAME}
-CELEBA_CROP = 108
+DIGITS_TFDS_NAME = tfds_source.DIGITS_TFDS_NAME
+SCENES_TFDS_NAME = tfds_source.SCENES_TFDS_NAME
+_LOCAL_TFDS = tfds_source.LOCAL
+CELEBA_CROP = preprocess.CELEBA_CROP
 # Why config.cache_dir must be a local directory (said with the error).
 CACHE_DIR_WHY = (
   'the decoded images are memory-mapped from it, which needs a local file '
@@ -79,7 +80,8 @@ CACHE_DIR_WHY = (
 )
 # Bumped whenever preprocessing changes, so stale disk caches are not reused.
 _CACHE_FORMAT = 'v1'
-_DECODE_BATCH = 256
+_DECODE_BATCH = 256  # Images handed to the decoding threads at a time.
+_DECODE_THREADS = 16
 _BAD_LISTED = 5  # Undecodable files named in errors and warnings.
 # Decoding allocates height x width x channels bytes before anything else
 # looks at an image, and a few-KB PNG can declare 100,000 x 100,000 pixels.
@@ -125,7 +127,7 @@ def load_images(
   locally even when download=False: they need no network.
 
   bad_images (only for 'folder:'; TFDS data sets are checked when prepared):
-  what to do with files TensorFlow cannot decode. 'error': a ValueError
+  what to do with files that cannot be decoded. 'error': a ValueError
   that counts and names them, after trying every file; 'skip': leave them
   out (the other images keep their order) and log a warning that counts and
   names them; a ValueError if none is left.
@@ -196,6 +198,22 @@ def load_images(
     return cached
   _write_cache(path, build)
   return np.load(path, mmap_mode='r')
+
+
+def prepare_source(
+  *, dataset: str, data_dir: str | None = None, download: bool = True
+) -> None:
+  """Makes sure the data set can be read, before anything is written for a
+  run: a TFDS data set is prepared (downloaded only where its hosts answer,
+  see tfds_source.py), a folder is listed; an error that says what to change
+  otherwise. Cheap where the data set is ready."""
+  source = _parse_dataset(dataset)
+  if source.kind == 'tfds':
+    if data_dir is not None:
+      data_dir = files.check(data_dir, 'config.data_dir')
+    tfds_source.builder(source.name, data_dir, download)
+  elif source.kind == 'folder':
+    _list_folder(source.name)
 
 
 def cache_name(
@@ -489,86 +507,6 @@ def _build_array(*, out: _Allocator | None, source: _Source, **kwargs) -> np.nda
   return images
 
 
-def _tf():
-  """Imports TensorFlow for data work only (never on an accelerator)."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf
-
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # Devices already initialised: keep what is set.
-    pass
-  return tf
-
-
-def _map(ds, fn):
-  """Parallel, order-preserving tf.data map of a plain (non-AutoGraph) fn."""
-  tf = _tf()
-  fn = tf.autograph.experimental.do_not_convert(fn)
-  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def _tfds():
-  _tf()
-  import tensorflow_datasets as tfds
-
-  from dcgan_jax.data import (
-    digits_dataset,  # noqa: F401  Registers sklearn_digits.
-    scenes_dataset,  # noqa: F401  Registers synthetic_scenes.
-  )
-
-  return tfds
-
-
-def _not_prepared_message(name: str, data_dir: str, reason: str) -> str:
-  message = (
-    f'TFDS data set {name!r} is not prepared in {data_dir} ({reason}). '
-    f'On a machine with internet run\n  tfds build {name} --data_dir=DIR\n'
-    'then copy DIR here and pass --config.data_dir=DIR.'
-  )
-  if name.split('/')[0].split(':')[0] == 'celeb_a':
-    message += (
-      '\nceleb_a downloads its files from Google Drive, which often hits its '
-      'quota. Manual route: get the 5 files of the "Align&Cropped" CelebA '
-      'release (http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html) under these '
-      'exact names: img_align_celeba.zip (1,443,490,838 bytes), '
-      'list_eval_partition.txt, list_attr_celeba.txt, '
-      'list_landmarks_align_celeba.txt and identity_CelebA.txt; put them in '
-      f'{files.join(data_dir, "downloads", "manual")} (or any directory '
-      'passed as `tfds build celeb_a --manual_dir=...`) and run '
-      f'`tfds build celeb_a --data_dir={data_dir}` (or train again with '
-      'config.download=True); TFDS checks their checksums and prepares '
-      'the data without downloading.'
-    )
-  return message
-
-
-def _tfds_builder(name: str, data_dir: str | None, download: bool):
-  tfds = _tfds()
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except (tfds.core.registered.DatasetNotFoundError, ValueError, KeyError) as e:
-    raise ValueError(
-      f'Unknown data set {name!r}: config.dataset must be a TFDS name '
-      "(e.g. 'mnist', 'cifar10', 'celeb_a', 'lsun/bedroom'), 'digits', "
-      f"'folder:PATH' or 'idx:DIR'. TFDS said: {e}"
-    ) from e
-  if builder.is_prepared():
-    return builder
-  root = os.fspath(builder.data_dir_root)
-  if not download and builder.name not in _LOCAL_TFDS.values():
-    raise FileNotFoundError(
-      _not_prepared_message(name, root, 'config.download is False')
-    )
-  try:
-    builder.download_and_prepare()
-  except Exception as e:  # Network, quota, checksum, disk...
-    raise RuntimeError(
-      _not_prepared_message(name, root, f'download_and_prepare failed: {e!r}')
-    ) from e
-  return builder
-
-
 def _load_tfds(
   name: str,
   *,
@@ -578,45 +516,19 @@ def _load_tfds(
   download: bool,
   image_key: str,
   bad_images: str,
-  **preprocess,
+  **options,
 ) -> np.ndarray:
   del bad_images  # folder: only.
-  tf = _tf()
-  tfds = _tfds()
-  builder = _tfds_builder(name, data_dir, download)
+  builder = tfds_source.builder(name, data_dir, download)
   features = builder.info.features
   if image_key not in features:
     raise ValueError(
       f'{name!r} has no feature {image_key!r} (it has {list(features.keys())}); '
       'set config.image_key.'
     )
-  feature = features[image_key]
-  is_encoded = isinstance(feature, tfds.features.Image)
-  decoder = {image_key: tfds.decode.SkipDecoding()} if is_encoded else None
-  read_config = tfds.ReadConfig(
-    interleave_cycle_length=1,  # Files in order: a canonical example order.
-    try_autocache=False,
-  )
-  try:
-    ds = builder.as_dataset(
-      split=split,
-      shuffle_files=False,
-      decoders=decoder,
-      read_config=read_config,
-    )
-  except (ValueError, KeyError) as e:
-    raise ValueError(
-      f'Cannot read split {split!r} of {name!r} (splits: '
-      f'{list(builder.info.splits.keys())}); set config.split. TFDS said: {e}'
-    ) from e
-
-  def to_image(example):
-    image = example[image_key]
-    if is_encoded:
-      image = tf.io.decode_image(image, expand_animations=False)
-    return image
-
-  images, _ = _run_pipeline(ds, to_image, out=out, **preprocess)
+  examples = tfds_source.Examples(builder, name, split, [image_key])
+  elements = (example[image_key] for example in examples)
+  images, _ = _run_pipeline(elements, len(examples), out=out, **options)
   return images
 
 
@@ -675,42 +587,34 @@ def _load_folder(
   data_dir: str | None,
   download: bool,
   image_key: str,
-  **preprocess,
+  **options,
 ) -> np.ndarray:
   del split, data_dir, download, image_key  # TFDS only.
-  tf = _tf()
   names = [name for name, _ in listing]
   paths = [files.join(path, name) for name in names]
-  if files.is_url(path):  # Read here (TensorFlow cannot), decoded by tf.data.
+  if files.is_url(path):  # Many reads at once.
     reader = _UrlReader(paths)
-    ds = tf.data.Dataset.from_generator(
-      reader, output_signature=tf.TensorSpec((), tf.string)
-    ).apply(tf.data.experimental.assert_cardinality(len(paths)))
-    decode = _decode_bytes
+    elements = reader()
   else:
     reader = None
-    ds = tf.data.Dataset.from_tensor_slices(paths)
-    decode = _decode_file
+    elements = (_read_local_or_empty(p) for p in paths)
   # One pass decodes every file; the failures are only looked at afterwards.
-  images, failed = _run_pipeline(ds, decode, out=out, drop_failures=True, **preprocess)
+  images, failed = _run_pipeline(
+    elements, len(paths), out=out, drop_failures=True, **options
+  )
   if reader is not None and reader.error is not None:
     raise reader.error
-  if not len(failed):
+  if not failed:
     return images
-  if reader is None:
-    elements = [paths[i] for i in failed]
-  else:
-    elements = list(_UrlReader([paths[i] for i in failed])())
-  _check_undecodable([paths[i] for i in failed], elements, decode, preprocess)
-  listed = ', '.join(names[i] for i in failed[:_BAD_LISTED])
+  listed = ', '.join(names[i] for i in list(failed)[:_BAD_LISTED])
   count = (
     f'{len(failed)} of {len(paths)} images in {path} cannot be decoded, e.g. '
     f'{listed} (first {_BAD_LISTED} listed)'
   )
   oversized = [
     names[i]
-    for i, element in zip(failed[:_BAD_LISTED], elements, strict=False)
-    if _over_pixel_limit(element, is_path=reader is None)
+    for i in list(failed)[:_BAD_LISTED]
+    if isinstance(failed[i], preprocess.TooManyPixels)
   ]
   if oversized:
     count += (
@@ -735,7 +639,7 @@ class _UrlReader:
   A file that cannot be read (missing, no permission) gives b'', which then
   fails to decode like any undecodable file. Any other error (the network,
   say) ends the generator and is kept in `error`, for the caller to raise:
-  inside tf.data it would otherwise pass for the end of the data.
+  otherwise it would pass for the end of the data.
   """
 
   def __init__(self, urls: Sequence[str]):
@@ -774,85 +678,12 @@ def _read_or_empty(url: str) -> bytes:
     return b''
 
 
-def _decode_file(file):
-  tf = _tf()
-  return _decode_bytes(tf.io.read_file(file))
-
-
-def _decode_bytes(contents):
-  tf = _tf()
-  check = tf.debugging.assert_less_equal(
-    _header_pixels(contents),
-    tf.constant(MAX_IMAGE_PIXELS, tf.int64),
-    message=f'image over MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS:,} pixels',
-  )
-  with tf.control_dependencies([check]):
-    return tf.io.decode_image(contents, expand_animations=False)
-
-
-def _over_pixel_limit(element, is_path: bool) -> bool:
-  """Whether a file (path or contents) declares more than MAX_IMAGE_PIXELS."""
-  tf = _tf()
+def _read_local_or_empty(path: str) -> bytes:
   try:
-    contents = tf.io.read_file(element) if is_path else element
-    return int(_header_pixels(contents)) > MAX_IMAGE_PIXELS
-  except tf.errors.OpError:  # Unreadable, or a JPEG header too broken to read.
-    return False
-
-
-def _header_pixels(contents):
-  """Width x height as a PNG, JPEG, GIF or BMP header declares it (int64;
-  0 for other contents), read without decoding the pixels."""
-  tf = _tf()
-  padded = tf.strings.join([contents, b'\0' * 32])
-  head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
-
-  def number(at, order):  # Unsigned, bytes head[at + i] weighted by 256**order[i].
-    return sum(head[at + i] * 256**k for i, k in enumerate(order))
-
-  def signed_abs(value):  # |int32| of an unsigned 32-bit value.
-    return tf.where(value >= 2**31, 2**32 - value, value)
-
-  def starts(magic):
-    return tf.equal(tf.strings.substr(padded, 0, len(magic)), magic)
-
-  big32, little16, little32 = (3, 2, 1, 0), (0, 1), (0, 1, 2, 3)
-  png = number(16, big32) * number(20, big32)
-  gif = number(6, little16) * number(8, little16)
-  bmp = signed_abs(number(18, little32)) * signed_abs(number(22, little32))
-  jpeg = tf.cond(
-    tf.io.is_jpeg(contents),
-    lambda: tf.reduce_prod(
-      tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64)
-    ),
-    lambda: tf.constant(0, tf.int64),
-  )
-  zero = tf.constant(0, tf.int64)
-  pixels = tf.where(starts(b'\x89PNG'), png, zero)
-  pixels = tf.where(starts(b'GIF8'), gif, pixels)
-  return tf.where(starts(b'BM'), bmp, pixels) + jpeg
-
-
-def _check_undecodable(
-  names: list[str], elements: list, decode: Callable, preprocess: dict[str, Any]
-) -> None:
-  """Checks that `elements` (file names or contents), which failed in the
-  pipeline, fail to decode alone.
-
-  Decoding alone is retried for all of them in one parallel tf.data pass
-  (far faster than eagerly when there are many). A file that decodes failed
-  later, in preprocessing, which no image should: its error is raised
-  rather than the file skipped.
-  """
-  tf = _tf()
-  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(elements)), elements))
-  ds = _map(ds, lambda i, element: (i, tf.shape(decode(element))))
-  for i, _ in ds.ignore_errors().take(1).as_numpy_iterator():
-    # Preprocessing it again eagerly raises the real error, if it recurs.
-    _preprocess(decode(elements[i]), **preprocess)
-    raise RuntimeError(
-      f'{names[i]} decodes, yet failed in the input pipeline (out of memory?).'
-    )
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError:  # Missing, no permission: an unreadable file.
+    return b''
 
 
 def _first_rows(images: np.ndarray, n: int, out: _Allocator | None) -> np.ndarray:
@@ -875,112 +706,79 @@ def _load_idx(
   download: bool,
   image_key: str,
   bad_images: str,
-  **preprocess,
+  **options,
 ) -> np.ndarray:
   del data_dir, download, image_key, bad_images  # TFDS / folder: only.
-  tf = _tf()
-  ds = tf.data.Dataset.from_tensor_slices(idx.idx_images(directory, split))
-
-  def decode(image):  # Shape unknown to the graph, as a decoded file's.
-    return tf.compat.v1.placeholder_with_default(image, [None, None, None])
-
-  images, _ = _run_pipeline(ds, decode, out=out, **preprocess)
+  raw = idx.idx_images(directory, split)
+  images, _ = _run_pipeline(iter(raw), len(raw), out=out, **options)
   return images
 
 
 # --------------------------------------------------------------------------
-# Preprocessing.
+# The pipeline: decode and preprocess in parallel, in order.
 
 
-def _preprocess(image, *, image_size: int, num_channels: int, crop: str):
-  """One decoded image [H, W, C] (any C in 1..4) to uint8 [S, S, num_channels]."""
-  tf = _tf()
-  image = tf.cast(image, tf.float32)
-  channels = tf.shape(image)[-1]
-  if num_channels == 1:
-    luminance = tf.constant([[0.299], [0.587], [0.114]], tf.float32)
-    image = tf.cond(
-      channels >= 3,
-      lambda: tf.tensordot(image[..., :3], luminance, axes=1),
-      lambda: image[..., :1],
-    )
-  else:
-    image = tf.cond(
-      channels >= 3,
-      lambda: image[..., :3],
-      lambda: tf.tile(image[..., :1], [1, 1, 3]),
-    )
-  image.set_shape([None, None, num_channels])
-  if crop != 'none':
-    image = _crop(image, crop)
-  image = tf.image.resize(
-    image, [image_size, image_size], method='bilinear', antialias=True
-  )
-  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def _crop(image, crop: str):
-  """Centred square, or centred 108x108 ('celeba') where the image allows."""
-  tf = _tf()
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
-  side = tf.minimum(height, width)
-  if crop == 'celeba':
-    side = tf.where(side >= CELEBA_CROP, CELEBA_CROP, side)
-  top = (height - side) // 2
-  left = (width - side) // 2
-  return image[top : top + side, left : left + side]
+def _decode_and_preprocess(element, options: dict[str, Any]) -> np.ndarray:
+  """An encoded file (bytes) or a decoded image (array) -> uint8 [S, S, C]."""
+  if isinstance(element, bytes | np.bytes_):
+    element = preprocess.decode(bytes(element), MAX_IMAGE_PIXELS)
+  return preprocess.preprocess(element, **options)
 
 
 def _run_pipeline(
-  ds,
-  decode: Callable[[Any], Any],
+  elements: Iterator,
+  num_examples: int,
   *,
   out: _Allocator | None,
   image_size: int,
   num_channels: int,
   crop: str,
   drop_failures: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-  """decode + _preprocess over a tf.data.Dataset, into one uint8 array.
+) -> tuple[np.ndarray, dict[int, preprocess.BadImage]]:
+  """Decodes and preprocesses `num_examples` elements into one uint8 array,
+  _DECODE_BATCH at a time on a thread per core (Pillow and NumPy release
+  the interpreter lock while they work).
 
-  Returns (images, failed), images having one row per element. Without
-  drop_failures the first failing element raises and `failed` is empty.
-  With it, failing elements are left out: `failed` holds their positions
-  (ascending) and only the first len(images) - len(failed) rows are filled,
-  with the other elements in order.
+  Returns (images, failed). Without drop_failures the first undecodable
+  element raises its BadImage and `failed` is empty. With it, undecodable
+  elements are left out: `failed` maps their positions (ascending) to the
+  error, and only the first num_examples - len(failed) rows are filled,
+  with the other elements in order. Errors other than an undecodable image
+  (in preprocessing, say) always raise.
   """
-  tf = _tf()
-  num_examples = int(ds.cardinality().numpy())
-  if num_examples < 0:  # Unknown: count before decoding anything.
-    num_examples = int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
-
-  def fn(index, element):
-    image = decode(element)
-    return index, _preprocess(
-      image, image_size=image_size, num_channels=num_channels, crop=crop
-    )
-
-  ds = _map(tf.data.Dataset.zip((tf.data.Dataset.range(num_examples), ds)), fn)
-  if drop_failures:
-    ds = ds.ignore_errors()
-  ds = ds.batch(_DECODE_BATCH).prefetch(2)
+  options = dict(image_size=image_size, num_channels=num_channels, crop=crop)
   shape = (num_examples, image_size, image_size, num_channels)
   images = np.empty(shape, np.uint8) if out is None else out(shape)
-  done = np.zeros(num_examples, bool)
+  failed: dict[int, preprocess.BadImage] = {}
+
+  def work(element):
+    try:
+      return _decode_and_preprocess(element, options)
+    except preprocess.BadImage as e:
+      if not drop_failures:
+        raise
+      return e
+
   filled = 0
-  last = -1
-  for indices, batch in ds.as_numpy_iterator():
-    if filled + len(batch) > num_examples:
-      raise RuntimeError(f'Data set yields more than its {num_examples} examples.')
-    if indices[0] <= last or (np.diff(indices) <= 0).any():
-      raise RuntimeError('The input pipeline yielded examples out of order.')
-    last = indices[-1]
-    images[filled : filled + len(batch)] = batch
-    done[indices] = True
-    filled += len(batch)
-  if filled != num_examples and not drop_failures:
-    raise RuntimeError(f'Data set yields {filled} of its {num_examples} examples.')
-  return images, np.flatnonzero(~done)
+  position = 0
+  threads = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
+  with concurrent.futures.ThreadPoolExecutor(threads, 'decode') as pool:
+    while True:
+      chunk = list(itertools.islice(elements, _DECODE_BATCH))
+      if not chunk:
+        break
+      if position + len(chunk) > num_examples:
+        raise RuntimeError(f'Data set yields more than its {num_examples} examples.')
+      for result in pool.map(work, chunk):
+        if isinstance(result, preprocess.BadImage):
+          failed[position] = result
+        else:
+          images[filled] = result
+          filled += 1
+        position += 1
+  if position != num_examples:
+    raise RuntimeError(f'Data set yields {position} of its {num_examples} examples.')
+  return images, failed
 
 
 # --------------------------------------------------------------------------
@@ -1169,23 +967,14 @@ def load_labels(
     return labels, max(10, int(labels.max(initial=-1)) + 1)
   if data_dir is not None:
     data_dir = files.check(data_dir, 'config.data_dir')
-  tfds = _tfds()
-  builder = _tfds_builder(name, data_dir, download)
+  lib = tfds_source.tfds()
+  builder = tfds_source.builder(name, data_dir, download)
   features = builder.info.features
   feature = features[label_key] if label_key in features else None
-  if not isinstance(feature, tfds.features.ClassLabel):
+  if not isinstance(feature, lib.features.ClassLabel):
     raise ValueError(f'{name!r} has no class-label feature {label_key!r}.')
-  read_config = tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False)
-  ds = builder.as_dataset(
-    split=split,
-    shuffle_files=False,
-    decoders={  # Leave images encoded: only the labels are read.
-      k: tfds.decode.SkipDecoding()
-      for k, f in features.items()
-      if isinstance(f, tfds.features.Image)
-    },
-    read_config=read_config,
+  examples = tfds_source.Examples(builder, name, split, [label_key])
+  labels = np.fromiter(
+    (int(example[label_key]) for example in examples), np.int32, len(examples)
   )
-  ds = _map(ds, lambda example: example[label_key]).batch(4096)
-  labels = [np.asarray(batch, np.int32) for batch in ds.as_numpy_iterator()]
-  return np.concatenate(labels), int(feature.num_classes)
+  return labels, int(feature.num_classes)

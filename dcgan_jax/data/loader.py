@@ -76,6 +76,17 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
     raise ConfigError(f'Cannot load config.dataset={config.dataset!r}: {e}') from e
 
 
+def prepare(config: ml_collections.ConfigDict) -> None:
+  """Makes sure `config`'s data set can be read (a TFDS data set prepared),
+  before a run writes anything: a ConfigError that says what to change."""
+  try:
+    input_pipeline.prepare_source(
+      dataset=config.dataset, data_dir=config.data_dir, download=config.download
+    )
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    raise ConfigError(f'Cannot load config.dataset={config.dataset!r}: {e}') from e
+
+
 def load_labels(config: ml_collections.ConfigDict) -> tuple[np.ndarray, int]:
   """(class labels int32 [N], number of classes) of the training images,
   row for row; every process reads them itself (they are small). A

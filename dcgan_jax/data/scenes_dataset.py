@@ -9,6 +9,7 @@ ymin, xmin, ymax, xmax), for tools that want them without `scenes.render`.
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from dcgan_jax.data import scenes
 
@@ -18,8 +19,11 @@ TFDS_NAME = 'synthetic_scenes'
 class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
   """Rooms with one or two windows of a colour nothing else in them has."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Initial release.',
+    '1.1.0': 'PNGs encoded by Pillow (prepared without TensorFlow); same pixels.',
+  }
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -49,4 +53,5 @@ class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
     for i in range(scenes.NUM_EXAMPLES):
       image, boxes = scenes.render(i)
       bbox = (boxes / scenes.SIZE).astype(np.float32)
-      yield i, {'image': image, 'objects': {'bbox': bbox}}
+      # A Pillow image: TFDS encodes it without TensorFlow.
+      yield i, {'image': Image.fromarray(image), 'objects': {'bbox': bbox}}
