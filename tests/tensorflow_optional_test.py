@@ -257,3 +257,30 @@ def test_preprocessing_needs_no_tensorflow_and_matches_it():
     resized = tf.image.resize(x, [size, size], method='bilinear', antialias=True)
     reference = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
     np.testing.assert_array_equal(ours, reference.numpy())
+
+
+def test_tensorboard_reads_a_gs_logdir_without_tensorflow(tmp_path, gcs_bucket):
+  """The run's event files in a bucket, read by TensorBoard's own loader in
+  a process that cannot import TensorFlow (TensorBoard then reaches gs://
+  through fsspec and gcsfs, as `tensorboard --logdir=gs://...` does)."""
+  del gcs_bucket  # The server, found through STORAGE_EMULATOR_HOST.
+  logdir = 'gs://dcgan-test/tensorboard_without_tf'
+  result = _python(
+    tmp_path,
+    f"""
+    import sys
+    from dcgan_jax.util import event_writer
+    writer = event_writer.EventFileWriter({logdir!r})
+    for step in range(3):
+      writer.write_scalars(step, {{'g_loss': 1.0 + step}})
+    writer.flush()
+    from tensorboard.backend.event_processing import event_accumulator
+    accumulator = event_accumulator.EventAccumulator({logdir!r})
+    accumulator.Reload()
+    tensors = accumulator.Tensors('g_loss')
+    print([e.step for e in tensors])
+    assert 'tensorflow' not in sys.modules
+    """,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[-1] == '[0, 1, 2]'

@@ -62,8 +62,9 @@ def not_prepared_message(name: str, data_dir: str, reason: str) -> str:
   message = (
     f'TFDS data set {name!r} is not prepared in {data_dir} ({reason}). '
     'On a machine with internet run '
-    f'`tfds build {name} --data_dir=DIR --file_format=array_record`, '
-    'then copy DIR here and pass --config.data_dir=DIR.'
+    f'`tfds build {name} --data_dir=DIR --file_format=array_record` (the '
+    "tfds command needs the 'tf' extra), then copy DIR here and pass "
+    '--config.data_dir=DIR.'
   )
   if name.split('/')[0].split(':')[0] == 'celeb_a':
     message += (
