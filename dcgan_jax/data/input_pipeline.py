@@ -599,11 +599,13 @@ def _load_folder(
     reader = None
     elements = (_read_local_or_empty(p) for p in paths)
   # One pass decodes every file; the failures are only looked at afterwards.
-  images, failed = _run_pipeline(
-    elements, len(paths), out=out, drop_failures=True, **options
-  )
-  if reader is not None and reader.error is not None:
-    raise reader.error
+  try:
+    images, failed = _run_pipeline(
+      elements, len(paths), out=out, drop_failures=True, **options
+    )
+  finally:  # A read that failed ends the reader early: its error first.
+    if reader is not None and reader.error is not None:
+      raise reader.error
   if not failed:
     return images
   listed = ', '.join(names[i] for i in list(failed)[:_BAD_LISTED])
