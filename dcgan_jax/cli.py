@@ -7,10 +7,12 @@ with its default. A bad flag, and every error the library raises for bad
 input, is one line on stderr, `Error: ...`, and exit status 1.
 """
 
+import contextlib
+import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from absl import flags
@@ -140,6 +142,25 @@ class Command:
       return body(values, subcommand) if self.subcommands else body(values)
     except USER_ERRORS as e:
       fail(str(e))
+
+
+@contextlib.contextmanager
+def log_to_stderr(logger: logging.Logger, fmt: str = '%(message)s') -> Iterator[None]:
+  """Prints `logger`'s INFO lines on stderr while the block runs, each once:
+  not also through the root logger's handler (which absl adds to a process
+  not started by absl.app, at Orbax's first log call)."""
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter(fmt))
+  level, propagate = logger.level, logger.propagate
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def main_argv() -> list[str]:
