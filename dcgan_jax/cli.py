@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from absl import flags
 
-from dcgan_jax.util import files
+from dcgan_jax.util import files, library_noise
 from dcgan_jax.util.errors import CheckpointError
 
 # What a command reports in one line rather than as a traceback: bad input
@@ -164,7 +164,9 @@ def log_to_stderr(logger: logging.Logger, fmt: str = '%(message)s') -> Iterator[
 
 
 def main_argv() -> list[str]:
-  """This process's arguments, and quiet TensorFlow logs for commands run
-  as `python -m dcgan_jax.<command>`."""
+  """This process's arguments, for commands run as `python -m
+  dcgan_jax.<command>`; quiets TensorFlow's logs, and the libraries'
+  tracebacks of an error the command reports (`library_noise`)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  library_noise.install()
   return sys.argv[1:]
