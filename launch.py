@@ -33,7 +33,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from dcgan_jax import train  # noqa: E402
 from dcgan_jax.core import config_checks  # noqa: E402
-from dcgan_jax.util import errors  # noqa: E402
+from dcgan_jax.util import errors, library_noise  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -282,6 +282,7 @@ def main(argv):
       'config keys --config.KEY=VALUE.'
     )
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  library_noise.install()  # Orbax's tracebacks of an error reported below.
   if FLAGS.config.deterministic_gpu:  # Read when the GPU backend starts.
     os.environ['XLA_FLAGS'] = (
       os.environ.get('XLA_FLAGS', '') + ' --xla_gpu_deterministic_ops=true'

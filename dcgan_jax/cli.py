@@ -7,15 +7,17 @@ with its default. A bad flag, and every error the library raises for bad
 input, is one line on stderr, `Error: ...`, and exit status 1.
 """
 
+import contextlib
+import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from absl import flags
 
-from dcgan_jax.util import files
+from dcgan_jax.util import files, library_noise
 from dcgan_jax.util.errors import CheckpointError
 
 # What a command reports in one line rather than as a traceback: bad input
@@ -142,8 +144,29 @@ class Command:
       fail(str(e))
 
 
+@contextlib.contextmanager
+def log_to_stderr(logger: logging.Logger, fmt: str = '%(message)s') -> Iterator[None]:
+  """Prints `logger`'s INFO lines on stderr while the block runs, each once:
+  not also through the root logger's handler (which absl adds to a process
+  not started by absl.app, at Orbax's first log call)."""
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter(fmt))
+  level, propagate = logger.level, logger.propagate
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
 def main_argv() -> list[str]:
-  """This process's arguments, and quiet TensorFlow logs for commands run
-  as `python -m dcgan_jax.<command>`."""
+  """This process's arguments, for commands run as `python -m
+  dcgan_jax.<command>`; quiets TensorFlow's logs, and the libraries'
+  tracebacks of an error the command reports (`library_noise`)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  library_noise.install()
   return sys.argv[1:]

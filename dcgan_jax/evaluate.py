@@ -43,8 +43,6 @@ Writes W/eval/report_step_<step>.json and the scalars ('eval/...') to
 TensorBoard in W/eval, at the checkpoint's step; only process 0 writes.
 """
 
-import logging
-import sys
 from collections.abc import Sequence
 
 from dcgan_jax import cli
@@ -82,14 +80,8 @@ COMMAND.required('workdir')
 
 def _evaluate(args) -> None:
   metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
-  # Each metric's memory estimate, on stderr before it runs.
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter('%(message)s'))
-  memory.logger.addHandler(handler)
-  level = memory.logger.level
-  memory.logger.setLevel(logging.INFO)
   limit = args.memory_limit_gb
-  try:
+  with cli.log_to_stderr(memory.logger):  # Each metric's estimate, before it runs.
     report = evaluator.evaluate(
       args.workdir,
       num_samples=args.num_samples,
@@ -99,9 +91,6 @@ def _evaluate(args) -> None:
       memory_limit=None if limit is None else int(limit * 2**30),
       generator=args.generator,
     )
-  finally:
-    memory.logger.removeHandler(handler)
-    memory.logger.setLevel(level)
   print(evaluator.summary(report))
   print(f'Report: {evaluator.report_path(args.workdir, report)}')
 

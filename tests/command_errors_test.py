@@ -5,13 +5,20 @@ its module's `__main__` does. A user error must end in SystemExit with a
 one-line message (exit status 1: the message is the exit code), never in
 another exception; and the workdir's checkpoints must be byte-identical
 afterwards.
+
+The commands run as processes (launch.py, `python -m dcgan_jax.<command>`)
+end such a failure with that line: nothing after it, no traceback and no
+library warning before it (`whole_output_ends_in_error`).
 """
 
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
+import runs
 
 from dcgan_jax import (
   digits_classifier,
@@ -126,6 +133,19 @@ def checkpoint_hashes(workdir) -> dict[str, str]:
   return hashes
 
 
+def corrupt_latest_checkpoint(workdir) -> str:
+  """Overwrites every array file of WORKDIR's latest checkpoint with garbage
+  (its metadata stays readable); returns the checkpoint's path."""
+  latest = max(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')))
+  path = os.path.join(workdir, 'checkpoints', str(latest))
+  for directory, _, names in os.walk(os.path.join(path, 'default')):
+    for name in names:
+      if name not in ('_METADATA', 'commit_success.txt', '_sharding'):
+        with open(os.path.join(directory, name), 'wb') as f:
+          f.write(b'not a checkpoint')
+  return path
+
+
 def run(command, argv) -> str:
   with pytest.raises(SystemExit) as e:
     command.main(argv)
@@ -199,20 +219,157 @@ def test_a_corrupt_checkpoint_is_one_line_and_stays_as_it_was(
 ):
   workdir = str(tmp_path / 'run')
   shutil.copytree(tiny_digits_workdir, workdir)
-  latest = max(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')))
-  data = os.path.join(workdir, 'checkpoints', str(latest), 'default')
-  for directory, _, names in os.walk(data):  # Every array file: garbage.
-    for name in names:
-      if name not in ('_METADATA', 'commit_success.txt', '_sharding'):
-        with open(os.path.join(directory, name), 'wb') as f:
-          f.write(b'not a checkpoint')
+  path = corrupt_latest_checkpoint(workdir)
   before = checkpoint_hashes(workdir)
   message = run(
     command, [f'--workdir={workdir}', *(a.format(out=tmp_path) for a in argv)]
   )
-  path = os.path.join(workdir, 'checkpoints', str(latest))
   assert message.startswith(
     f'Error: The latest checkpoint, {path}, cannot be restored ('
   ), message
   assert message.endswith(f'move {path} aside to start over.'), message
   assert checkpoint_hashes(workdir) == before
+
+
+# ---------------------------------------------------------------------------
+# The commands as processes: their whole output.
+
+
+def run_process(argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+  """Runs `argv` from the repository root; stdout and stderr in one stream,
+  in the order they were written."""
+  return subprocess.run(
+    argv,
+    cwd=runs.REPO,
+    env=dict(os.environ, PYTHONUNBUFFERED='1'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def whole_output_ends_in_error(proc: subprocess.CompletedProcess) -> str:
+  """The `Error: ...` line that ends the output of a failed command, after
+  checking that nothing follows it and that no traceback, Orbax read-only
+  warning or closed-event-loop report is anywhere in the output."""
+  output = proc.stdout
+  lines = [line for line in output.splitlines() if line.strip()]
+  assert proc.returncode == 1, output[-5000:]
+  assert lines and lines[-1].startswith('Error: '), output[-5000:]
+  for noise in ('Traceback', 'read_only', 'read only', 'Event loop is closed'):
+    assert noise not in output, f'{noise!r} in the output:\n{output[-8000:]}'
+  return lines[-1]
+
+
+def tiny_launch(workdir, data_dir) -> list[str]:
+  """launch.py for the session's tiny run (runs.tiny_config) in `workdir`."""
+  config = runs.tiny_config(data_dir)
+  return runs.launch_command(
+    workdir, data_dir, **{key: config[key] for key in runs.SMALL_STEPS}
+  )
+
+
+# The small run's steps (a checkpoint every 3 steps), for 12 steps.
+STEPS_12 = {**runs.SMALL_STEPS, 'num_train_steps': 12}
+
+# launch.py on a disk that is full from checkpoint 6 on: committing that
+# save fails with ENOSPC (Orbax's commit callback raises it).
+_FULL_FROM_STEP_6 = """
+import errno, os, runpy, sys
+from orbax.checkpoint._src.checkpointers import async_checkpointer
+commit = async_checkpointer._on_commit_callback
+def full_disk_from_step_6(tmpdir, *args, **kwargs):
+  if int(tmpdir.get_final().name) >= 6:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  return commit(tmpdir, *args, **kwargs)
+async_checkpointer._on_commit_callback = full_disk_from_step_6
+sys.argv[0] = 'launch.py'
+runpy.run_path('launch.py', run_name='__main__')
+"""
+
+
+def test_launch_on_a_disk_that_fills_up(data_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  command = runs.launch_command(workdir, data_dir, **STEPS_12)
+  proc = run_process([sys.executable, '-c', _FULL_FROM_STEP_6, *command[2:]])
+  assert whole_output_ends_in_error(proc) == (
+    f'Error: Saving checkpoint 6 to {workdir / "checkpoints"} failed (OSError: '
+    '[Errno 28] No space left on device); the last good checkpoint is step 3, '
+    'where a relaunch resumes.'
+  )
+
+
+def _tmpfs_or_skip(directory, size_kb: int) -> list[str]:
+  """The command prefix that runs a command with a tmpfs of `size_kb` KiB
+  mounted on `directory`, in a mount namespace of its own; skips the test
+  where this machine allows none."""
+  os.makedirs(directory, exist_ok=True)
+  prefix = [
+    'unshare', '--mount', '--map-root-user', 'sh', '-c',
+    f'mount -t tmpfs -o size={size_kb}k tmpfs "$0" && exec "$@"', str(directory),
+  ]  # fmt: skip
+  try:
+    probe = subprocess.run([*prefix, 'true'], capture_output=True, timeout=60)
+  except (OSError, subprocess.TimeoutExpired) as e:
+    pytest.skip(f'no mount namespace: {e}')
+  if probe.returncode != 0:
+    pytest.skip(f'no mount namespace: {probe.stderr.decode().strip()}')
+  return prefix
+
+
+def test_launch_on_a_tmpfs_that_fills_up(data_dir, tiny_digits_workdir, tmp_path):
+  """As above, on a real file system that runs out of space while Orbax's
+  threads write checkpoint 6 (room for one checkpoint and the rest)."""
+  checkpoint = os.path.join(tiny_digits_workdir, 'checkpoints', str(runs.NUM_STEPS))
+  size = sum(
+    os.path.getsize(os.path.join(d, name))
+    for d, _, names in os.walk(checkpoint)
+    for name in names
+  )
+  disk = tmp_path / 'disk'
+  prefix = _tmpfs_or_skip(disk, size * 3 // 2 // 1024 + 256)
+  workdir = disk / 'run'
+  proc = run_process([*prefix, *runs.launch_command(workdir, data_dir, **STEPS_12)])
+  line = whole_output_ends_in_error(proc)
+  assert line.startswith(
+    f'Error: Saving checkpoint 6 to {workdir / "checkpoints"} failed '
+  )
+  assert line.endswith('the last good checkpoint is step 3, where a relaunch resumes.')
+
+
+def test_launch_resuming_a_corrupt_checkpoint(data_dir, tiny_digits_workdir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_digits_workdir, workdir)
+  path = corrupt_latest_checkpoint(workdir)
+  line = whole_output_ends_in_error(run_process(tiny_launch(workdir, data_dir)))
+  assert line.startswith(f'Error: The latest checkpoint, {path}, cannot be restored (')
+  assert line.endswith(f'move {path} aside to start over.')
+
+
+@pytest.mark.parametrize('command', ['reproduce', 'evaluate'])
+def test_a_command_on_a_corrupt_checkpoint(command, tiny_digits_workdir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_digits_workdir, workdir)
+  path = corrupt_latest_checkpoint(workdir)
+  proc = run_process(
+    [sys.executable, '-m', f'dcgan_jax.{command}', f'--workdir={workdir}']
+  )
+  line = whole_output_ends_in_error(proc)
+  assert line.startswith(f'Error: The latest checkpoint, {path}, cannot be restored (')
+
+
+def test_evaluate_says_each_memory_estimate_once(tiny_digits_workdir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_digits_workdir, workdir)
+  proc = run_process(
+    [
+      sys.executable, '-m', 'dcgan_jax.evaluate', f'--workdir={workdir}',
+      '--num_samples=10', '--metrics=memorization', '--memory_limit_gb=0.000001',
+    ]
+  )  # fmt: skip
+  line = whole_output_ends_in_error(proc)
+  assert line.startswith("Error: metric 'memorization' needs about ")
+  estimates = [line for line in proc.stdout.splitlines() if 'Memory:' in line]
+  assert len(estimates) == 1, proc.stdout
+  assert estimates[0].startswith("Memory: metric 'memorization' needs about ")

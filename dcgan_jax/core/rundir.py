@@ -14,6 +14,7 @@ the trainer writes it through `make_workdir`, `record_launch` and
 """
 
 import dataclasses
+import logging as std_logging
 import os
 from typing import NamedTuple
 
@@ -83,17 +84,36 @@ def checkpoint_manager(
 
   WORKDIR/checkpoints appears with the first save, so a launch that fails
   before it leaves no empty directory behind. A writing manager first removes
-  the temporary directories of saves that a kill interrupted.
+  the temporary directories of saves that a kill interrupted. A read-only
+  one (`read_only`) writes and deletes nothing.
   """
+  directory = files.join(files.absolute(workdir, '--workdir'), CHECKPOINT_DIR)
+  if not read_only:
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=False, cleanup_tmp_directories=True
+    )
+    return ocp.CheckpointManager(directory, options=options)
+  # The settings read_only implies, so that Orbax has none to override
+  # (with a warning for each).
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep,
-    create=False,
-    read_only=read_only,
-    cleanup_tmp_directories=not read_only,
+    read_only=True, save_interval_steps=0, max_to_keep=None, create=False
   )
-  return ocp.CheckpointManager(
-    files.join(files.absolute(workdir, '--workdir'), CHECKPOINT_DIR), options=options
-  )
+  quiet = _ReadOnlyNotice()
+  absl_logger = logging.get_absl_logger()
+  absl_logger.addFilter(quiet)
+  try:
+    return ocp.CheckpointManager(directory, options=options)
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
+class _ReadOnlyNotice(std_logging.Filter):
+  """Drops the warning every read-only Orbax manager logs when it is
+  created ('Given directory is read only=...'): reading is all the tools
+  that open one do."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Given directory is read only')
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -1,1 +1,1 @@
-"""Files, figures, errors and CPU kernel settings, for every layer."""
+"""Files, figures, errors, CPU kernel settings and library noise, for every layer."""
