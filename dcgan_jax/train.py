@@ -23,7 +23,7 @@ from clu import periodic_actions
 from flax import jax_utils
 
 from dcgan_jax import ensemble as ensemble_lib
-from dcgan_jax.core import config_checks, generate, monitors, rundir
+from dcgan_jax.core import config_checks, generate, monitors, run_lock, rundir
 from dcgan_jax.core import step as step_lib
 from dcgan_jax.core.state import GANState, unreplicate
 from dcgan_jax.data import input_pipeline, loader
@@ -46,14 +46,26 @@ def train_and_evaluate(
 
   Resuming refuses a config or data set that would change the trajectory
   unless `allow_config_change`. With `num_seeds=K > 1`, trains K GANs in
-  one program (see `ensemble`) and returns their K states.
+  one program (see `ensemble`) and returns their K states. One launch at a
+  time per workdir: see `core.run_lock`.
   """
   config_checks.validate_config(config, jax.device_count())
   try:
     workdir = files.absolute(workdir, '--workdir')
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  loader.prepare(config)  # Before anything is written: data errors first.
+  if jax.process_count() == 1:  # (Several: process 0 prepares it, in load_data.)
+    loader.prepare(config)  # Before anything is written: data errors first.
+  with run_lock.hold(workdir):
+    return _train(config, workdir, allow_config_change, stop_at)
+
+
+def _train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  allow_config_change: bool,
+  stop_at: int | None,
+) -> GANState | list[GANState]:
   labels = None
   if config.get('conditional', False):
     config, labels = _with_classes(config)

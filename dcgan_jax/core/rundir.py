@@ -6,6 +6,7 @@
   WORKDIR/samples/            fixed-z sample grids
   WORKDIR/eval/               evaluation reports, caches and figures
   WORKDIR/seed_<s>/           with num_seeds = K > 1: one such run per GAN
+  WORKDIR/.run.lock           while a launch trains: its lock (run_lock)
 
 (and, by default, WORKDIR/visualize/ and WORKDIR/export/ of those
 commands). Every tool reads a workdir through `load_run` or `load_runs`;

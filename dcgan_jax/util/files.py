@@ -18,10 +18,19 @@ bytes go to a temporary file beside the target, renamed onto it when
 complete; a Cloud Storage object appears only once its upload completes,
 so there it is written in place. A crash or a kill leaves the old file or
 the new one, never a mixture.
+
+Conditional writes (`create_new`, `replace_if`, `take_over`, `remove_if`)
+change a small file only if it is as the caller last read it
+(`read_versioned`), for a lock (core/run_lock.py). In Cloud Storage the
+server enforces the condition (a generation precondition, through the
+google-cloud-storage client, as gcsfs has none for replacing or deleting
+one generation); locally a hard link creates a file that is not there yet,
+and a rename moves a given file aside for one caller only.
 """
 
 import builtins
 import contextlib
+import functools
 import json
 import os
 import re
@@ -37,6 +46,9 @@ os.environ.setdefault('EPATH_USE_TF', 'false')
 import fsspec  # noqa: E402
 import fsspec.core  # noqa: E402
 from etils import epath  # noqa: E402
+from google.api_core import exceptions as gcs_errors  # noqa: E402
+from google.auth import exceptions as auth_errors  # noqa: E402
+from google.cloud import storage  # noqa: E402
 
 fsspec.config.conf.setdefault('gcs', {}).setdefault('use_listings_cache', False)
 
@@ -212,3 +224,153 @@ def write_atomic(path: PathLike, data: bytes | str) -> str:
 def write_json(path: PathLike, value: Any, **dump_kwargs: Any) -> str:
   """Writes `value` as indented JSON to `path` atomically; returns `path`."""
   return write_atomic(path, json.dumps(value, indent=2, **dump_kwargs))
+
+
+# --------------------------------------------------------------------------
+# Conditional writes: a version is the file's generation in Cloud Storage,
+# its bytes locally (so no writer may write the same bytes twice: a lock
+# holds a unique id).
+
+Version = bytes | int
+
+
+def read_versioned(path: PathLike) -> tuple[bytes, Version] | None:
+  """(contents, version) of a small file, or None where there is none."""
+  path = check(path)
+  if is_url(path):
+    blob = _blob(path)
+    with _gcs_as_os_errors(path):
+      blob = blob.bucket.get_blob(blob.name)
+      if blob is None:
+        return None
+      try:
+        data = blob.download_as_bytes(if_generation_match=blob.generation)
+      except (gcs_errors.PreconditionFailed, gcs_errors.NotFound):
+        return read_versioned(path)  # Replaced or removed since: read again.
+      return data, blob.generation
+  try:
+    with builtins.open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    return None
+  return data, data
+
+
+def create_new(path: PathLike, data: bytes) -> Version:
+  """Writes `data` to `path` unless a file is there (FileExistsError). Of
+  concurrent creators exactly one succeeds; readers see all of `data` or no
+  file. Creates the parent directory."""
+  path = check(path)
+  if is_url(path):
+    blob = _blob(path)
+    with _gcs_as_os_errors(path):
+      try:
+        blob.upload_from_string(data, if_generation_match=0)
+      except gcs_errors.PreconditionFailed as e:
+        raise FileExistsError(f'{path} exists') from e
+    return blob.generation
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  try:
+    with builtins.open(tmp, 'wb') as f:
+      f.write(data)
+    try:
+      os.link(tmp, path)  # Fails if `path` exists, whoever made it.
+    except FileExistsError:
+      raise
+    except OSError:  # No hard links (some FUSE file systems): O_EXCL.
+      with builtins.open(path, 'xb') as f:
+        f.write(data)
+  finally:
+    os.remove(tmp)
+  return data
+
+
+def replace_if(path: PathLike, data: bytes, version: Version) -> Version | None:
+  """Replaces `path` with `data` if it is still at `version`; the new
+  version, or None where it changed or is gone. For the file's owner:
+  locally the check and the rename are two steps (others use `take_over`)."""
+  path = check(path)
+  if is_url(path):
+    blob = _blob(path)
+    with _gcs_as_os_errors(path):
+      try:
+        blob.upload_from_string(data, if_generation_match=version)
+      except (gcs_errors.PreconditionFailed, gcs_errors.NotFound):
+        return None
+    return blob.generation
+  found = read_versioned(path)
+  if found is None or found[1] != version:
+    return None
+  write_atomic(path, data)
+  return data
+
+
+def take_over(path: PathLike, data: bytes, version: Version) -> Version | None:
+  """Replaces the file at `version` with `data`; the new version, or None
+  where it changed or is gone. Of concurrent takers of one version at most
+  one succeeds: locally the file is renamed aside (a given file moves once),
+  checked and removed, and `data` created; a newer file moved aside by
+  mistake is put back."""
+  path = check(path)
+  if is_url(path):
+    return replace_if(path, data, version)
+  aside = f'{path}.aside-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  try:
+    os.rename(path, aside)
+  except FileNotFoundError:
+    return None
+  try:
+    with builtins.open(aside, 'rb') as f:
+      if f.read() != version:
+        with contextlib.suppress(FileExistsError):
+          os.link(aside, path)
+        return None
+  finally:
+    os.remove(aside)
+  try:
+    return create_new(path, data)
+  except FileExistsError:
+    return None
+
+
+def remove_if(path: PathLike, version: Version) -> bool:
+  """Removes `path` if it is at `version`; whether it did. (The emulator of
+  the tests ignores a precondition on deletes: the generation is compared
+  first, and Cloud Storage enforces it too.)"""
+  path = check(path)
+  found = read_versioned(path)
+  if found is None or found[1] != version:
+    return False
+  if is_url(path):
+    with _gcs_as_os_errors(path):
+      try:
+        _blob(path).delete(if_generation_match=version)
+      except (gcs_errors.PreconditionFailed, gcs_errors.NotFound):
+        return False
+    return True
+  os.remove(path)
+  return True
+
+
+def _blob(url: str) -> storage.Blob:
+  bucket, _, name = url.removeprefix('gs://').partition('/')
+  return _gcs_client(os.environ.get('STORAGE_EMULATOR_HOST')).bucket(bucket).blob(name)
+
+
+@functools.cache
+def _gcs_client(emulator: str | None) -> storage.Client:
+  """A client with the default credentials, or of the server at
+  STORAGE_EMULATOR_HOST (`emulator`, the cache key); no project is needed."""
+  del emulator  # The client reads it.
+  return storage.Client(project=None)
+
+
+@contextlib.contextmanager
+def _gcs_as_os_errors(url: str) -> Iterator[None]:
+  """Cloud Storage errors (no bucket, no permission, no credentials) as
+  OSError, as gcsfs raises them."""
+  try:
+    yield
+  except (gcs_errors.GoogleAPIError, auth_errors.GoogleAuthError) as e:
+    raise OSError(f'{url}: {" ".join(str(e).split())[:300]}') from e
