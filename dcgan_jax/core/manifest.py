@@ -76,6 +76,7 @@ _PACKAGES = (
   'orbax-checkpoint',
   'tensorflow-datasets',
   'tensorflow-cpu',
+  'pillow',  # Decodes images (data/preprocess.py).
   'numpy',
   'clu',
   'ml-collections',
