@@ -75,8 +75,8 @@ os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 
 def pytest_report_header(config):
   """The device count, read by benchmarks/accelerator_check.py."""
-  platforms = os.environ['JAX_PLATFORMS']
-  return f'dcgan_jax: {os.environ.get(DEVICES)} forced CPU devices; JAX_PLATFORMS={platforms}'
+  count, platforms = os.environ.get(DEVICES), os.environ['JAX_PLATFORMS']
+  return f'dcgan_jax: {count} forced CPU devices; JAX_PLATFORMS={platforms}'
 
 
 def pytest_sessionfinish(session, exitstatus):
