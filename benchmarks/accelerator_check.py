@@ -10,7 +10,9 @@ Within 8 minutes on one host with no network it measures and prints:
                 unknown' for chips not in it)
   step D C      the celeba preset's train step (`configs/celeba.py`: 64x64,
                 batch 128, G from 4x4x1024, 5x5 kernels) on synthetic
-                images, for compute dtype D (`config.model.compute_dtype`:
+                images, over all `jax.local_device_count()` local devices
+                (the batch rounded up to a multiple of them where 128 is
+                not one), for compute dtype D (`config.model.compute_dtype`:
                 float32, bfloat16) and `config.model.conv_impl` C (xla,
                 auto): images/s, step time, achieved TFLOP/s and utilisation
                 against the local chips' peak (FLOPs per step counted from
@@ -22,12 +24,16 @@ Within 8 minutes on one host with no network it measures and prints:
   determinism   two processes train the same seed for a few steps with
                 `config.deterministic_gpu=True` (XLA_FLAGS gets
                 --xla_gpu_deterministic_ops=true before the backend starts,
-                as launch.py does); their states are compared bit for bit.
+                as launch.py does) on the local devices; their states are
+                compared bit for bit.
   pmap tests    the tests that run the step and BatchNorm under pmap across
                 devices (tests/train_test.py, models_test.py,
                 gan_metrics_test.py), in pytest, on the real local devices
-                (JAX_PLATFORMS is the accelerator's; on CPU, conftest.py's
-                4 host devices).
+                (JAX_PLATFORMS is the accelerator's; on CPU, the
+                DCGAN_TEST_DEVICES host devices of conftest.py, 4 unless
+                set). They take the device count from the machine; those
+                that compare replicas are skipped on one device, and the
+                row says so ('n/a (1 device)').
 
 Each part runs in its own process under a time limit taken from one
 overall budget (--budget_s), so a crash, an out-of-memory or a hang is
@@ -37,7 +43,8 @@ is ok. --dry runs every part on a reduced model (16x16 images, narrower G
 and D, batch 8, 2 steps) and only the quickest pmap tests (after collecting
 all of them), so that CI runs each code path of this script (about 85
 CPU-seconds in all; benchmarks/README.md); its figures say nothing about
-accelerators.
+accelerators. With XLA_FLAGS=--xla_force_host_platform_device_count=N every
+part of --dry runs on N host devices, the pmap tests included.
 """
 
 import argparse
@@ -94,8 +101,12 @@ _SESSION_ENV = (
 # the workers need, and XLA_FLAGS must be final before JAX starts.
 
 
-def _config(dry: bool, compute_dtype: str = 'float32', conv_impl: str = 'auto'):
-  """The celeba preset (reduced with --dry) with the given dtype and impl."""
+def _config(
+  dry: bool, num_devices: int, compute_dtype: str = 'float32', conv_impl: str = 'auto'
+):
+  """The celeba preset (reduced with --dry) with the given dtype and impl;
+  its batch rounded up to a multiple of `num_devices` (128 and --dry's 8
+  already are one for 1, 2, 4 and 8 devices)."""
   from configs import celeba
 
   config = celeba.get_config()
@@ -106,6 +117,7 @@ def _config(dry: bool, compute_dtype: str = 'float32', conv_impl: str = 'auto'):
     config.model.g_width = DRY['g_width']
     config.model.d_width = DRY['d_width']
     config.global_batch_size = DRY['batch']
+  config.global_batch_size = -(-config.global_batch_size // num_devices) * num_devices
   return config
 
 
@@ -136,7 +148,7 @@ def _step(args) -> dict:
   import jax
   import train_step
 
-  config = _config(args.dry, args.dtype, args.conv_impl)
+  config = _config(args.dry, jax.local_device_count(), args.dtype, args.conv_impl)
   result = train_step.benchmark(config, args.steps, args.warmup)
   # train_step reports XLA's buffer plan where the device keeps no
   # statistics; here that is 'n/a', with the plan beside it.
@@ -158,11 +170,11 @@ def _train(args) -> dict:
   from dcgan_jax.core import state as gan_state
   from dcgan_jax.core import step as step_lib
 
-  config = _config(args.dry)
+  n = jax.local_device_count()
+  config = _config(args.dry, n)
   config.deterministic_gpu = True
   if '--xla_gpu_deterministic_ops=true' not in os.environ.get('XLA_FLAGS', ''):
     raise RuntimeError('XLA_FLAGS lacks --xla_gpu_deterministic_ops=true')
-  n = jax.local_device_count()
   hyper = step_lib.make_step_config(
     config, bn_axis_name='batch' if step_lib.syncs_batchnorm(config) else None
   )
@@ -190,7 +202,12 @@ def _train(args) -> dict:
     names=np.array([jax.tree_util.keystr(path) for path, _ in leaves]),
     **{f'leaf_{i}': np.asarray(x) for i, (_, x) in enumerate(leaves)},
   )
-  return {'steps': int(final.step[0]), 'leaves': len(leaves)}
+  return {
+    'steps': int(final.step[0]),
+    'leaves': len(leaves),
+    'devices': n,
+    'batch': config.global_batch_size,
+  }
 
 
 def _worker(args) -> None:
@@ -336,7 +353,7 @@ def _step_rows(clock: _Clock, limits: dict, args, auto_impl: str | None):
       if failed:
         yield failed
         continue
-      note = f"conv_impl '{result['conv_impl']}'"
+      note = f"conv_impl '{result['conv_impl']}'" + _batch_note(result)
       measured[result['conv_impl']] = _row(name, 'ok', note, seconds=seconds) | result
       yield measured[result['conv_impl']]
 
@@ -358,6 +375,14 @@ def _compare_states(path_a: str, path_b: str) -> dict:
   return {'leaves': len(names), 'differing_leaves': differ, 'max_abs_diff': max_diff}
 
 
+def _batch_note(result: dict) -> str:
+  """'; batch B = N devices x B/N' from a worker's result ('' without)."""
+  batch, devices = result.get('batch'), result.get('devices')
+  if not (batch and devices):
+    return ''
+  return f'; batch {batch} = {devices} device{"s" * (devices > 1)} x {batch // devices}'
+
+
 def _determinism_row(clock: _Clock, limits: dict, args) -> dict:
   """Two processes, same seed, deterministic_gpu=True: equal bit for bit?"""
   name, limit, t0 = 'determinism', clock.limit(limits['determinism']), time.monotonic()
@@ -371,13 +396,13 @@ def _determinism_row(clock: _Clock, limits: dict, args) -> dict:
       worker_args = ['--worker=train', f'--steps={args.det_steps}', f'--out={path}']
       worker_args += ['--dry'] if args.dry else []
       left = limit - (time.monotonic() - t0)
-      _, failed, _ = _call_worker(name, worker_args, left, env)
+      result, failed, _ = _call_worker(name, worker_args, left, env)
       if failed:
         return failed | {'seconds': time.monotonic() - t0}
     compared = _compare_states(*paths)
   differ = compared['differing_leaves']
   note = f'2 processes x {args.det_steps} steps of the float32 step, same seed, '
-  note += 'deterministic_gpu=True: '
+  note += f'deterministic_gpu=True{_batch_note(result)}: '
   note += (
     f'all {compared["leaves"]} state arrays bit-identical'
     if not differ
@@ -386,7 +411,47 @@ def _determinism_row(clock: _Clock, limits: dict, args) -> dict:
   )
   status = 'FAIL' if differ else 'ok'
   seconds = time.monotonic() - t0
-  return _row(name, status, note, seconds=seconds, identical=not differ, **compared)
+  return _row(
+    name,
+    status,
+    note,
+    seconds=seconds,
+    identical=not differ,
+    devices=result['devices'],
+    batch=result['batch'],
+    **compared,
+  )
+
+
+def _pytest_outcomes(out: str) -> dict:
+  """What `pytest -v -rs` printed: the tests' outcomes, the skip reasons and
+  the device count from conftest.py's header line."""
+  outcomes = re.findall(
+    r'^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b', out, re.M
+  )
+  counts = {
+    o: sum(1 for _, x in outcomes if x == o)
+    for o in ('PASSED', 'FAILED', 'ERROR', 'SKIPPED')
+  }
+  # -rs: 'SKIPPED [2] tests/train_test.py:95: n/a (1 device): ...'
+  reasons = re.findall(r'^SKIPPED \[\d+\] \S+: (.+)$', out, re.M)
+  header = re.search(r'^dcgan_jax: (\d+) forced CPU devices', out, re.M)
+  return {
+    'outcomes': outcomes,
+    'counts': counts,
+    'failing': [test for test, o in outcomes if o in ('FAILED', 'ERROR')],
+    'skip_reasons': sorted(set(reasons)),
+    'cpu_devices': int(header.group(1)) if header else None,
+  }
+
+
+def _tests_note(parsed: dict, devices: str) -> str:
+  counts = parsed['counts']
+  note = f'{counts["PASSED"]} passed, {counts["FAILED"]} failed'
+  note += f', {counts["ERROR"]} errors' if counts['ERROR'] else ''
+  if counts['SKIPPED']:
+    note += f', {counts["SKIPPED"]} skipped ({"; ".join(parsed["skip_reasons"])})'
+  return note + f' on {devices}'
 
 
 def _tests_row(clock: _Clock, limits: dict, args, device: dict) -> dict:
@@ -396,41 +461,43 @@ def _tests_row(clock: _Clock, limits: dict, args, device: dict) -> dict:
     return _row(name, 'SKIP', 'out of time (--budget_s)')
   env = {k: v for k, v in os.environ.items() if k not in _SESSION_ENV}
   backend = device.get('backend')
-  if backend and backend != 'cpu':  # Else conftest.py's 4 CPU devices.
+  on_chips = backend and backend != 'cpu'  # Else conftest.py's CPU devices.
+  if on_chips:
     env['JAX_PLATFORMS'] = backend
-  devices = (
-    f'{device["local_devices"]} {backend} devices'
-    if backend and backend != 'cpu'
-    else "conftest.py's 4 CPU devices"
-  )
   command = [sys.executable, '-m', 'pytest', '-n', '0', '-p', 'no:cacheprovider']
-  command += ['-v', *PMAP_TESTS] + (['-k', DRY_TESTS] if args.dry else [])
+  command += ['-v', '-rs', *PMAP_TESTS] + (['-k', DRY_TESTS] if args.dry else [])
   t0 = time.monotonic()
   code, out, err = _run(command, limit, env)
   seconds = time.monotonic() - t0
-  outcomes = re.findall(
-    r'^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b', out, re.M
-  )
-  counts = {
-    o: sum(1 for _, x in outcomes if x == o) for o in ('PASSED', 'FAILED', 'ERROR')
-  }
-  failing = [test for test, o in outcomes if o in ('FAILED', 'ERROR')]
-  note = f'{counts["PASSED"]} passed, {counts["FAILED"]} failed'
-  note += f', {counts["ERROR"]} errors' if counts['ERROR'] else ''
-  note += f' on {devices}'
+  parsed = _pytest_outcomes(out)
+  if on_chips:
+    count = device['local_devices']
+    devices = f'{count} {backend} device{"s" * (count > 1)}'
+  else:
+    count = parsed['cpu_devices']
+    devices = f'{count or "?"} CPU device{"s" * (count != 1)} (conftest.py)'
+  note = _tests_note(parsed, devices)
+  failing = parsed['failing']
   if code is None:
     status, note = 'TIMEOUT', f'stopped after {limit:.0f} s; so far {note}'
-  elif code == 0 and counts['PASSED'] and not failing:
+  elif code == 0 and parsed['counts']['PASSED'] and not failing:
     status = 'ok'
   else:
     status = 'FAIL'
     lines = [line for line in (out + err).splitlines() if line.strip()]
     lines = [line for line in lines if line.startswith('ERROR')] or lines
     note += f'; {failing[0]}' if failing else f'; {lines[-1][:200] if lines else code}'
-    if backend != 'cpu' and device.get('local_devices', 4) < 4:
-      note += "; several of these tests assume conftest.py's 4 devices"
   output = out[-3000:] if status != 'ok' else ''
-  return _row(name, status, note, seconds=seconds, failing=failing, output=output)
+  return _row(
+    name,
+    status,
+    note,
+    seconds=seconds,
+    devices=count,
+    failing=failing,
+    skipped=parsed['counts']['SKIPPED'],
+    output=output,
+  )
 
 
 # --- The report --------------------------------------------------------------

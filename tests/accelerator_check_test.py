@@ -79,6 +79,14 @@ def test_dry_run_reports_every_section_ok(tmp_path):
   assert by_name['determinism']['leaves'] > 10
   assert by_name['pmap tests']['failing'] == []
   assert '3 passed, 0 failed' in by_name['pmap tests']['note']
+  # Every part on this session's devices (conftest.py's DCGAN_TEST_DEVICES,
+  # inherited through XLA_FLAGS).
+  devices = int(os.environ['DCGAN_TEST_DEVICES'])
+  assert by_name['device']['local_devices'] == devices
+  assert by_name['pmap tests']['devices'] == devices
+  for name in (*SECTIONS[1:5], 'determinism'):
+    assert by_name[name]['devices'] == devices, name
+    assert by_name[name]['batch'] == check.DRY['batch'], name
 
 
 class _FakeClock(check._Clock):
@@ -153,3 +161,30 @@ def test_compare_states_is_bit_for_bit(tmp_path):
   differ = check._compare_states(tmp_path / 'a.npz', tmp_path / 'b.npz')
   assert differ['differing_leaves'] == ['.x']
   assert 0 < differ['max_abs_diff'] < 1e-6
+
+
+# What `pytest -v -rs` prints on one device (abridged).
+_ONE_DEVICE_OUTPUT = """\
+dcgan_jax: 1 forced CPU devices; JAX_PLATFORMS=cpu
+tests/train_test.py::test_step_finite_losses_and_metrics PASSED          [ 20%]
+tests/train_test.py::test_replicas_never_diverge[True] SKIPPED (n/a ...) [ 40%]
+tests/train_test.py::test_replicas_never_diverge[False] SKIPPED (n/a...) [ 60%]
+tests/train_test.py::test_step_matches_textbook_reference[1] PASSED      [ 80%]
+tests/models_test.py::test_sync_batchnorm_under_pmap[dcgan-16] FAILED    [100%]
+=========================== short test summary info ============================
+SKIPPED [2] tests/train_test.py:95: n/a (1 device): replicas can only diverge
+FAILED tests/models_test.py::test_sync_batchnorm_under_pmap[dcgan-16] - boom
+"""
+
+
+def test_skipped_tests_are_reported_with_their_reason():
+  parsed = check._pytest_outcomes(_ONE_DEVICE_OUTPUT)
+  assert parsed['cpu_devices'] == 1
+  assert parsed['counts'] == {'PASSED': 2, 'FAILED': 1, 'ERROR': 0, 'SKIPPED': 2}
+  assert parsed['failing'] == [
+    'tests/models_test.py::test_sync_batchnorm_under_pmap[dcgan-16]'
+  ]
+  assert check._tests_note(parsed, '1 CPU device') == (
+    '2 passed, 1 failed, 2 skipped (n/a (1 device): replicas can only diverge)'
+    ' on 1 CPU device'
+  )

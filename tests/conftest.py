@@ -1,20 +1,55 @@
-"""Test set-up: several host devices, so every pmap path runs on more than one."""
+"""Test set-up: several host devices, so every pmap path runs on more than one.
+
+The tests run on DCGAN_TEST_DEVICES forced CPU devices (default 4, as CI
+runs them); the pmap tests take their count from `jax.local_device_count()`:
+
+  DCGAN_TEST_DEVICES=1 python -m pytest tests/train_test.py
+
+An --xla_force_host_platform_device_count already in XLA_FLAGS is kept
+(DCGAN_TEST_DEVICES, if also set, must then name the same count). The count
+in effect is put into DCGAN_TEST_DEVICES for the tests, pytest-xdist's
+workers and the processes they start, and printed in pytest's header. With
+JAX_PLATFORMS set to an accelerator the tests run on its local chips instead.
+"""
 
 import gc
 import os
+import re
 import shutil
 import tempfile
 
 import pytest
+
+DEVICES = 'DCGAN_TEST_DEVICES'
+DEFAULT_DEVICES = 4
+_FORCE = '--xla_force_host_platform_device_count'
+
+
+def _force_host_devices() -> None:
+  """Puts the session's CPU device count into XLA_FLAGS and DCGAN_TEST_DEVICES."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  wanted = os.environ.get(DEVICES, '').strip()
+  if wanted and not (wanted.isdigit() and int(wanted) > 0):
+    raise pytest.UsageError(f'{DEVICES}={wanted!r}: expected a positive integer')
+  forced = re.findall(rf'{_FORCE}=(\d+)', flags)
+  if forced:  # The user's XLA_FLAGS win; XLA reads the last one.
+    count = int(forced[-1])
+    if wanted and int(wanted) != count:
+      raise pytest.UsageError(
+        f'{DEVICES}={wanted} but XLA_FLAGS has {_FORCE}={count}: unset one of them'
+      )
+  else:
+    count = int(wanted or DEFAULT_DEVICES)
+    os.environ['XLA_FLAGS'] = f'{flags} {_FORCE}={count}'.strip()
+  os.environ[DEVICES] = str(count)
+
 
 # Once per test session, before jax is imported anywhere: pytest-xdist's
 # workers inherit the controller's environment.
 _SESSION = 'DCGAN_JAX_TEST_SESSION'
 if _SESSION not in os.environ:
   os.environ[_SESSION] = tempfile.mkdtemp(prefix='dcgan_jax_tests_xla_cache_')
-  os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
-  ).strip()
+  _force_host_devices()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # gcsfs's bucket-type lookup goes to Cloud Storage's gRPC control plane,
@@ -36,6 +71,12 @@ xla_cpu.use_project_kernels()
 _COMPILATION_CACHE = os.environ[_SESSION]
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+
+
+def pytest_report_header(config):
+  """The device count, read by benchmarks/accelerator_check.py."""
+  count, platforms = os.environ.get(DEVICES), os.environ['JAX_PLATFORMS']
+  return f'dcgan_jax: {count} forced CPU devices; JAX_PLATFORMS={platforms}'
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -18,7 +18,7 @@ from dcgan_jax.core import step as step_lib
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.evaluation import evaluator
 
-NUM_DEVICES = 4
+NUM_DEVICES = jax.local_device_count()  # conftest.py's (or the chips').
 
 
 def test_ema_copies_g_then_averages(data_dir):

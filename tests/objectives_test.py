@@ -20,7 +20,7 @@ from dcgan_jax.core import step as step_lib
 from dcgan_jax.data import input_pipeline
 from dcgan_jax.networks import models
 
-NUM_DEVICES = 4
+NUM_DEVICES = jax.local_device_count()  # conftest.py's (or the chips').
 REAL = [2.0, -1.0, 0.5]  # D's outputs for three real images ...
 FAKE = [0.5, -3.0, 1.5]  # ... and for three generated ones.
 
@@ -183,7 +183,8 @@ def _reference_step(config, state, images, train_key, lr):
   ],
 )
 def test_pmap_step_matches_the_formulas(data_dir, loss, order):
-  """The 4-device step (one G pass, VJPs, pmean) == the loss written out."""
+  """The step on every local device (one G pass, VJPs, pmean) == the loss
+  written out on one."""
   config = small_config(
     data_dir,
     loss=loss,

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import runs
 from runs import small_config
 
@@ -14,7 +15,10 @@ from dcgan_jax import reproduce, train
 STEPS = {'num_train_steps': 6, 'checkpoint_every_steps': 3}
 
 
-def _reproduce(workdir, *extra, devices=4):
+def _reproduce(workdir, *extra, devices=None):
+  """The command in a process of its own; on this session's device count
+  (conftest.py's DCGAN_TEST_DEVICES) unless `devices` says otherwise."""
+  devices = devices or jax.local_device_count()
   env = dict(
     os.environ,
     TF_CPP_MIN_LOG_LEVEL='2',
@@ -70,7 +74,7 @@ def test_another_environment_is_named_with_the_first_differing_step(data_dir, tm
   record = json.loads((workdir / 'manifest.json').read_text())
   record['launches'][0]['versions']['jax'] = '0.4.0'  # As if another JAX.
   (workdir / 'manifest.json').write_text(json.dumps(record))
-  out = _reproduce(workdir)
+  out = _reproduce(workdir, devices=4)
   assert out.returncode == 1 and 'Traceback' not in out.stderr
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith('Error: not reproduced: first difference at step 3: ')
