@@ -99,6 +99,30 @@ def test_a_second_launch_is_refused_and_the_first_run_goes_on(data_dir, tmp_path
   assert not (workdir / run_lock.LOCK_FILE).exists()  # Released at the end.
 
 
+def test_a_launch_on_a_gs_workdir_in_use_is_refused(data_dir, gcs_bucket):
+  """launch.py on a bucket workdir whose lock a live process holds (this
+  test's process): refused in one line naming it, nothing else written."""
+  workdir = f'{gcs_bucket}/in-use-{uuid.uuid4().hex[:8]}'
+  lock = run_lock.acquire(workdir)
+  try:
+    refused = subprocess.run(
+      runs.launch_command(workdir, data_dir, **LONG),
+      cwd=runs.REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f'Error: --workdir={workdir} is in use by another run: ')
+    assert f'pid {os.getpid()} on host ' in last
+    assert 'Traceback' not in refused.stderr
+    assert files.listdir(workdir) == [run_lock.LOCK_FILE]
+  finally:
+    lock.release()
+  assert not files.exists(files.join(workdir, run_lock.LOCK_FILE))
+
+
 def test_a_killed_run_is_relaunched_at_once_and_resumes(data_dir, tmp_path):
   workdir, log = tmp_path / 'run', tmp_path / 'killed.log'
   killed = start(workdir, data_dir, log)
