@@ -176,10 +176,16 @@ def _bad_value_message(error: flags.Error, argv: list[str]) -> str | None:
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of Orbax and TFDS; their warnings still show."""
+  """Drops the INFO chatter of Orbax and TFDS; their warnings still show,
+  but for TFDS's note that a data set's folder is not there yet (it is
+  looking for one that is not prepared: the run says so itself)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     noisy = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/xla_bridge')
+    if '/tensorflow_datasets/' in record.pathname and (
+      'has no dataset_info.json' in record.getMessage()
+    ):
+      return False
     return record.levelno >= std_logging.WARNING or not any(
       part in record.pathname for part in noisy
     )

@@ -222,6 +222,8 @@ def test_an_unprepared_tfds_data_set_without_network_fails_at_once(tmp_path):
   assert result.returncode != 0
   lines = [line for line in result.stderr.splitlines() if line.startswith('Error:')]
   assert len(lines) == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == lines[0]  # The last line.
+  assert 'Traceback' not in result.stderr and 'dataset_info.json' not in result.stderr
   assert "TFDS data set 'celeb_a' is not prepared" in lines[0]
   assert 'cannot download: no answer from' in lines[0]
   # Minutes of download retries before; 10 s on an idle machine (docs/install.md),
