@@ -37,16 +37,32 @@ LONG = dict(
 )
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_a_test_started():
+  """A launch a failing test leaves running is killed with it."""
+  yield
+  while _STARTED:
+    proc = _STARTED.pop()
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
 def start(workdir, data_dir, log, **steps):
   """A launch.py process writing its output to the file `log`."""
   with open(log, 'a') as f:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
       runs.launch_command(workdir, data_dir, **{**LONG, **steps}),
       cwd=runs.REPO,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'),
       stdout=f,
       stderr=subprocess.STDOUT,
     )
+  _STARTED.append(proc)
+  return proc
 
 
 def wait_for(predicate, proc, log, timeout=300):
