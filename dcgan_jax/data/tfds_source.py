@@ -182,7 +182,7 @@ def _split_error(found, name: str, split: str, error: Exception) -> ValueError:
   )
 
 
-class Examples(Sequence):
+class Examples:
   """The examples of one split, in the files' order, as dicts of the asked
   keys: encoded images as bytes, other features as numpy values."""
 
@@ -234,9 +234,6 @@ class Examples(Sequence):
 
   def __len__(self) -> int:
     return self._length
-
-  def __getitem__(self, i):  # Sequence protocol; iteration is the fast path.
-    raise TypeError('Examples are read in order: iterate over them.')
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     if self._source is not None:
