@@ -726,7 +726,7 @@ def gallery(
   b: str = '3,4,5',
   c: str = '6,7,8',
 ) -> list[str]:
-  """The README's gallery: BatchNorm modes, sheet, walks, arithmetic, movie
+  """The gallery of docs/pictures.md: BatchNorm modes, sheet, walks, arithmetic, movie
   frame, guided backprop, into `output`."""
   parts = [
     lambda: batchnorm_modes(run, output, num=16),

@@ -216,5 +216,5 @@ def test_xla_cpu_splits_sums_by_its_thread_pool():
     same = np.array_equal(single, _probe(devices))
     if _pool_size(devices) == _pool_size(1):
       assert same, devices
-    else:  # If this fails, XLA changed: revisit the README's statement.
+    else:  # If this fails, XLA changed: revisit docs/reproducibility.md's statement.
       assert not same, devices

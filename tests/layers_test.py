@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'dcgan_jax'
 
-# Top to bottom, as in the README's Layout section.
+# Top to bottom, as in docs/layout.md.
 COMMANDS = {'sample', 'evaluate', 'export', 'visualize', 'linear_probe'}
 COMMANDS |= {'digits_classifier', 'reproduce', 'cli'}
 LAYERS = {
